@@ -1,0 +1,19 @@
+//go:build !linux
+
+package raw
+
+import (
+	"context"
+	"os"
+
+	"lifeboat/disk"
+)
+
+// holes reports everything as data where the OS offers no portable hole
+// query.
+func holes(ctx context.Context, f *os.File, path string, off, length int64) ([]disk.Extent, error) {
+	return []disk.Extent{{Offset: off, Length: length, Kind: disk.Data}}, nil
+}
+
+// punchHole is unsupported here; the caller writes zeros instead.
+func punchHole(f *os.File, off, n int64) error { return errNoHoles }

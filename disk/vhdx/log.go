@@ -1,0 +1,363 @@
+package vhdx
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+)
+
+const (
+	logSector = 4 * kib
+	// maxReplayOffset bounds every file offset and length a log entry may
+	// name: far beyond a 64 TiB disk's file, small enough that sums never
+	// overflow an int64.
+	maxReplayOffset = 1 << 50
+)
+
+// logEntry is one validated log entry.
+type logEntry struct {
+	pos     int64 // offset of the entry within the log
+	length  int64
+	tail    int64
+	seq     uint64
+	flushed int64
+	last    int64
+	descs   []logDesc
+}
+
+// logDesc is a zero or data descriptor with its data sector.
+type logDesc struct {
+	zero     bool
+	fileOff  int64
+	zeroLen  int64
+	leading  uint64
+	trailing uint32
+	sector   []byte // the 4 KiB data sector as stored in the log
+}
+
+// page rebuilds the 4 KiB the descriptor writes: the log stores its first
+// 8 and last 4 bytes in the descriptor so the data sector can carry its
+// own signature and sequence number.
+func (d *logDesc) page() []byte {
+	p := make([]byte, logSector)
+	binary.LittleEndian.PutUint64(p[0:8], d.leading)
+	copy(p[8:logSector-4], d.sector[8:logSector-4])
+	binary.LittleEndian.PutUint32(p[logSector-4:], d.trailing)
+	return p
+}
+
+// ringBytes returns n bytes of the circular log starting at pos.
+func ringBytes(log []byte, pos, n int64) []byte {
+	l := int64(len(log))
+	if pos+n <= l {
+		return log[pos : pos+n]
+	}
+	b := make([]byte, n)
+	k := copy(b, log[pos:])
+	copy(b[k:], log[:n-int64(k)])
+	return b
+}
+
+// parseEntry validates the entry at pos (4 KiB aligned) in log. Anything
+// wrong makes it not an entry: torn or stale entries are expected in a
+// log and are simply not part of the active sequence.
+func parseEntry(log []byte, pos int64, logGUID GUID) (*logEntry, bool) {
+	l := int64(len(log))
+	h := log[pos : pos+logSector]
+	if string(h[0:4]) != "loge" {
+		return nil, false
+	}
+	e := &logEntry{
+		pos:    pos,
+		length: int64(binary.LittleEndian.Uint32(h[8:12])),
+		tail:   int64(binary.LittleEndian.Uint32(h[12:16])),
+		seq:    binary.LittleEndian.Uint64(h[16:24]),
+	}
+	count := int64(binary.LittleEndian.Uint32(h[24:28]))
+	var g GUID
+	copy(g[:], h[32:48])
+	flushed := binary.LittleEndian.Uint64(h[48:56])
+	last := binary.LittleEndian.Uint64(h[56:64])
+	if e.length < logSector || e.length%logSector != 0 || e.length > l ||
+		e.tail%logSector != 0 || e.tail >= l || e.seq == 0 || g != logGUID ||
+		flushed > maxReplayOffset || last > maxReplayOffset {
+		return nil, false
+	}
+	e.flushed, e.last = int64(flushed), int64(last)
+	descSectors := (64 + 32*count + logSector - 1) / logSector
+	if descSectors*logSector > e.length {
+		return nil, false
+	}
+	b := ringBytes(log, pos, e.length)
+	if binary.LittleEndian.Uint32(b[4:8]) != crcWithZeroedField(b, 4) {
+		return nil, false
+	}
+	e.descs = make([]logDesc, 0, count)
+	next := descSectors * logSector // where the next data sector is
+	for i := range count {
+		d := b[64+32*i : 96+32*i]
+		if binary.LittleEndian.Uint64(d[24:32]) != e.seq {
+			return nil, false
+		}
+		fileOff := binary.LittleEndian.Uint64(d[16:24])
+		if fileOff%logSector != 0 || fileOff > maxReplayOffset {
+			return nil, false
+		}
+		switch string(d[0:4]) {
+		case "zero":
+			n := binary.LittleEndian.Uint64(d[8:16])
+			if n%logSector != 0 || n > maxReplayOffset {
+				return nil, false
+			}
+			e.descs = append(e.descs, logDesc{zero: true, fileOff: int64(fileOff), zeroLen: int64(n)})
+		case "desc":
+			if next+logSector > e.length {
+				return nil, false
+			}
+			s := b[next : next+logSector]
+			next += logSector
+			if string(s[0:4]) != "data" ||
+				uint64(binary.LittleEndian.Uint32(s[4:8]))<<32|uint64(binary.LittleEndian.Uint32(s[logSector-4:])) != e.seq {
+				return nil, false
+			}
+			e.descs = append(e.descs, logDesc{
+				fileOff:  int64(fileOff),
+				trailing: binary.LittleEndian.Uint32(d[4:8]),
+				leading:  binary.LittleEndian.Uint64(d[8:16]),
+				sector:   s,
+			})
+		default:
+			return nil, false
+		}
+	}
+	return e, true
+}
+
+// activeSequence finds the newest complete log sequence: a run of valid
+// entries, each following the previous in the ring with a sequence number
+// one higher, from the head entry's tail up to the head. Entries before
+// the tail were already applied, so they are not part of it.
+func activeSequence(log []byte, logGUID GUID) []*logEntry {
+	l := int64(len(log))
+	byPos := map[int64]*logEntry{}
+	var heads []*logEntry
+	for pos := int64(0); pos+logSector <= l; pos += logSector {
+		if e, ok := parseEntry(log, pos, logGUID); ok {
+			byPos[pos] = e
+			heads = append(heads, e)
+		}
+	}
+	var best []*logEntry
+	for _, h := range heads {
+		seq := walkSequence(byPos, h, l)
+		if seq != nil && (best == nil || h.seq > best[len(best)-1].seq) {
+			best = seq
+		}
+	}
+	return best
+}
+
+func walkSequence(byPos map[int64]*logEntry, head *logEntry, l int64) []*logEntry {
+	var seq []*logEntry
+	var total int64
+	for cur := head.tail; ; {
+		e := byPos[cur]
+		if e == nil || (len(seq) > 0 && e.seq != seq[len(seq)-1].seq+1) {
+			return nil
+		}
+		seq = append(seq, e)
+		// A sequence longer than the ring would be lapping itself.
+		if total += e.length; total > l {
+			return nil
+		}
+		if e == head {
+			return seq
+		}
+		cur = (cur + e.length) % l
+	}
+}
+
+// span is a half-open byte range of the file.
+type span struct{ start, end int64 }
+
+// overlay is the file as it would be after log replay, kept in memory:
+// 4 KiB pages of data and zeroed ranges that replace the file's bytes,
+// and the file length after replay. It is never changed after it is
+// built, so concurrent reads need no lock.
+type overlay struct {
+	offs  []int64 // sorted keys of pages
+	pages map[int64][]byte
+	zeros []span // sorted, disjoint, never overlapping a page
+	size  int64
+}
+
+func (o *overlay) zero(start, end int64) {
+	if start >= end {
+		return
+	}
+	if (end-start)/logSector <= int64(len(o.pages)) {
+		for k := start; k < end; k += logSector {
+			delete(o.pages, k)
+		}
+	} else {
+		for k := range o.pages {
+			if k >= start && k < end {
+				delete(o.pages, k)
+			}
+		}
+	}
+	o.zeros = append(o.zeros, span{start, end})
+	sort.Slice(o.zeros, func(i, j int) bool { return o.zeros[i].start < o.zeros[j].start })
+	merged := o.zeros[:1]
+	for _, s := range o.zeros[1:] {
+		last := &merged[len(merged)-1]
+		if s.start <= last.end {
+			last.end = max(last.end, s.end)
+			continue
+		}
+		merged = append(merged, s)
+	}
+	o.zeros = merged
+	o.size = max(o.size, end)
+}
+
+func (o *overlay) data(off int64, p []byte) {
+	end := off + int64(len(p))
+	var out []span
+	for _, s := range o.zeros {
+		if s.end <= off || s.start >= end {
+			out = append(out, s)
+			continue
+		}
+		if s.start < off {
+			out = append(out, span{s.start, off})
+		}
+		if s.end > end {
+			out = append(out, span{end, s.end})
+		}
+	}
+	o.zeros = out
+	o.pages[off] = p
+	o.size = max(o.size, end)
+}
+
+func (o *overlay) finish() {
+	o.offs = o.offs[:0]
+	for k := range o.pages {
+		o.offs = append(o.offs, k)
+	}
+	slices.Sort(o.offs)
+}
+
+// apply lays the overlay over q, which holds the file's bytes at off.
+func (o *overlay) apply(q []byte, off int64) {
+	end := off + int64(len(q))
+	i := sort.Search(len(o.zeros), func(i int) bool { return o.zeros[i].end > off })
+	for ; i < len(o.zeros) && o.zeros[i].start < end; i++ {
+		s := o.zeros[i]
+		clear(q[max(s.start, off)-off : min(s.end, end)-off])
+	}
+	j := sort.Search(len(o.offs), func(i int) bool { return o.offs[i]+logSector > off })
+	for ; j < len(o.offs) && o.offs[j] < end; j++ {
+		k := o.offs[j]
+		p := o.pages[k]
+		lo, hi := max(k, off), min(k+logSector, end)
+		copy(q[lo-off:hi-off], p[lo-k:hi-k])
+	}
+}
+
+// replay applies an active sequence to a new overlay over a file of
+// fileSize bytes.
+func replay(seq []*logEntry, fileSize int64) *overlay {
+	o := &overlay{pages: map[int64][]byte{}, size: fileSize}
+	for _, e := range seq {
+		for i := range e.descs {
+			d := &e.descs[i]
+			if d.zero {
+				o.zero(d.fileOff, d.fileOff+d.zeroLen)
+			} else {
+				o.data(d.fileOff, d.page())
+			}
+		}
+	}
+	head := seq[len(seq)-1]
+	// The spec extends the file to LastFileOffset; qemu rounds that up to
+	// a whole MiB, which only matters for reads past the last structure.
+	if last := (head.last + mib - 1) / mib * mib; last > o.size {
+		o.size = last
+	}
+	o.finish()
+	return o
+}
+
+// replayLog validates the current header's log fields, finds the active
+// sequence and replays it in memory.
+func replayLog(r io.ReaderAt, fileSize int64, h header, path string) (*overlay, error) {
+	if h.LogVersion != 0 {
+		return nil, errorf(path, header1Offset, "log version %d is not supported (log must be replayed)", h.LogVersion)
+	}
+	ll, lo := int64(h.LogLength), h.LogOffset
+	if ll < logSector || ll%logSector != 0 || lo%logSector != 0 || lo > uint64(fileSize) || uint64(ll) > uint64(fileSize)-lo {
+		return nil, errorf(path, int64(min(lo, maxFileOffset)), "log region (offset %d, length %d) is invalid or past the end of the %d-byte file", lo, ll, fileSize)
+	}
+	buf := make([]byte, ll)
+	if _, err := r.ReadAt(buf, int64(lo)); err != nil && !errors.Is(err, io.EOF) {
+		return nil, errorf(path, int64(lo), "reading log: %v", err)
+	}
+	seq := activeSequence(buf, h.LogGUID)
+	if seq == nil {
+		return nil, errorf(path, int64(lo), "log is dirty (LogGuid %s) but holds no complete valid log sequence", h.LogGUID)
+	}
+	head := seq[len(seq)-1]
+	if head.flushed > fileSize {
+		return nil, errorf(path, int64(lo)+head.pos, "file is %d bytes, shorter than the log's FlushedFileOffset %d: truncated", fileSize, head.flushed)
+	}
+	return replay(seq, fileSize), nil
+}
+
+// source is the file as readers see it: the real bytes with any replayed
+// log laid over them, zero-extended to the replayed length.
+type source struct {
+	r    io.ReaderAt
+	size int64 // real length of the file
+	ov   *overlay
+}
+
+func (s *source) Size() int64 {
+	if s.ov != nil {
+		return s.ov.size
+	}
+	return s.size
+}
+
+func (s *source) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("negative offset %d", off)
+	}
+	end := s.Size()
+	if off >= end {
+		return 0, io.EOF
+	}
+	q := p[:min(int64(len(p)), end-off)]
+	m := int64(0)
+	if off < s.size {
+		m = min(int64(len(q)), s.size-off)
+		if k, err := s.r.ReadAt(q[:m], off); int64(k) < m {
+			if err == nil || err == io.EOF {
+				err = io.ErrUnexpectedEOF
+			}
+			return k, err
+		}
+	}
+	clear(q[m:])
+	if s.ov != nil {
+		s.ov.apply(q, off)
+	}
+	if len(q) < len(p) {
+		return len(q), io.EOF
+	}
+	return len(q), nil
+}

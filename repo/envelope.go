@@ -1,0 +1,238 @@
+package repo
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"sync"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/zeebo/blake3"
+)
+
+// Every object but config is an envelope:
+//
+//	magic "LB" | version 1 | type (C chunk, I index, M manifest, L lock) | flags
+//	payload
+//	[32-byte SHA-256 of everything before, when flagSum is set]
+//
+// flags: bit 0 payload is zstd-compressed; bit 1 payload is
+// nonce(12) || AES-256-GCM ciphertext with the 5 header bytes and the object
+// key as associated data (so objects cannot be swapped); bit 2 a SHA-256
+// trailer follows. Chunks carry no trailer: their key is the hash of their
+// plaintext, which verify recomputes. Unencrypted indexes and manifests
+// carry the trailer so corruption is named, not misparsed.
+const (
+	envMagic0, envMagic1 = 'L', 'B'
+	envVersion           = 1
+	envHeaderLen         = 5
+
+	typeChunk    = 'C'
+	typeIndex    = 'I'
+	typeManifest = 'M'
+	typeLock     = 'L'
+
+	flagZstd    = 1 << 0
+	flagAESGCM  = 1 << 1
+	flagSum     = 1 << 2
+	knownFlags  = flagZstd | flagAESGCM | flagSum
+	maxDecoded  = 256 << 20 // no object decodes larger than this
+	minSavedPct = 3         // compress only when it saves at least 3%
+)
+
+// codec holds the reusable compression state. zstd encoders and decoders
+// are expensive to build and safe for concurrent EncodeAll/DecodeAll.
+type codec struct {
+	enc  *zstd.Encoder
+	dec  *zstd.Decoder
+	keys *keys
+	hash string
+	pool sync.Pool // *[]byte scratch for compression
+}
+
+func newCodec(k *keys, hashName string) (*codec, error) {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		return nil, err
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(maxDecoded))
+	if err != nil {
+		return nil, err
+	}
+	return &codec{enc: enc, dec: dec, keys: k, hash: hashName}, nil
+}
+
+// ID is a content identifier: the hash of an object's plaintext, keyed
+// when the repository is encrypted so IDs reveal nothing about content.
+type ID [32]byte
+
+func (id ID) String() string { return hex.EncodeToString(id[:]) }
+
+// ParseID reads the hex form.
+func ParseID(s string) (ID, error) {
+	var id ID
+	b, err := hex.DecodeString(s)
+	if err != nil || len(b) != len(id) {
+		return id, fmt.Errorf("invalid object id %q", s)
+	}
+	copy(id[:], b)
+	return id, nil
+}
+
+func (c *codec) newHash() hash.Hash {
+	if c.hash == HashSHA256 {
+		if c.keys != nil {
+			return newHMAC(c.keys.id)
+		}
+		return sha256.New()
+	}
+	if c.keys != nil {
+		h, _ := blake3.NewKeyed(c.keys.id)
+		return h
+	}
+	return blake3.New()
+}
+
+func (c *codec) sum(data []byte) ID {
+	var id ID
+	if c.hash == HashBLAKE3 && c.keys == nil {
+		return ID(blake3.Sum256(data))
+	}
+	if c.hash == HashSHA256 && c.keys == nil {
+		return ID(sha256.Sum256(data))
+	}
+	h := c.newHash()
+	h.Write(data)
+	h.Sum(id[:0])
+	return id
+}
+
+// seal builds an envelope. compress says whether to try zstd.
+func (c *codec) seal(typ byte, key string, plain []byte, compress bool) ([]byte, error) {
+	hdr := [envHeaderLen]byte{envMagic0, envMagic1, envVersion, typ, 0}
+	payload := plain
+	if compress && worthCompressing(c, plain) {
+		bp, _ := c.pool.Get().(*[]byte)
+		if bp == nil {
+			bp = new([]byte)
+		}
+		out := c.enc.EncodeAll(plain, (*bp)[:0])
+		if len(out) < len(plain)-len(plain)*minSavedPct/100 {
+			payload = out
+			hdr[4] |= flagZstd
+		}
+		defer func() { *bp = out; c.pool.Put(bp) }()
+	}
+	if c.keys != nil {
+		hdr[4] |= flagAESGCM
+		gcm, err := newGCM(c.keys.data)
+		if err != nil {
+			return nil, err
+		}
+		nonce := randomBytes(12)
+		out := make([]byte, 0, envHeaderLen+12+len(payload)+gcm.Overhead())
+		out = append(out, hdr[:]...)
+		out = append(out, nonce...)
+		return gcm.Seal(out, nonce, payload, aad(hdr[:], key)), nil
+	}
+	withSum := typ != typeChunk
+	if withSum {
+		hdr[4] |= flagSum
+	}
+	out := make([]byte, 0, envHeaderLen+len(payload)+32)
+	out = append(out, hdr[:]...)
+	out = append(out, payload...)
+	if withSum {
+		s := sha256.Sum256(out)
+		out = append(out, s[:]...)
+	}
+	return out, nil
+}
+
+func aad(hdr []byte, key string) []byte {
+	return append(append([]byte{}, hdr...), key...)
+}
+
+// worthCompressing samples the start of a chunk: random or already
+// compressed data would cost a full zstd pass for nothing. The sample is a
+// fraction of the chunk, so the skip is cheap and a wrong guess only costs
+// some space.
+func worthCompressing(c *codec, plain []byte) bool {
+	const sample = 32 << 10
+	if len(plain) <= 4*sample {
+		return true
+	}
+	bp, _ := c.pool.Get().(*[]byte)
+	if bp == nil {
+		bp = new([]byte)
+	}
+	// Two samples, start and middle, so a header does not decide alone.
+	for _, off := range []int{0, len(plain) / 2} {
+		out := c.enc.EncodeAll(plain[off:off+sample], (*bp)[:0])
+		*bp = out
+		if len(out) < sample*90/100 {
+			c.pool.Put(bp)
+			return true
+		}
+	}
+	c.pool.Put(bp)
+	return false
+}
+
+// ErrCorrupt is wrapped by every decoding failure.
+var ErrCorrupt = errors.New("corrupt object")
+
+// open checks and decodes an envelope of the given type.
+func (c *codec) open(typ byte, key string, obj []byte) ([]byte, error) {
+	if len(obj) < envHeaderLen || obj[0] != envMagic0 || obj[1] != envMagic1 || obj[2] != envVersion {
+		return nil, fmt.Errorf("%s: bad envelope header: %w", key, ErrCorrupt)
+	}
+	if obj[3] != typ {
+		return nil, fmt.Errorf("%s: object type %q, want %q: %w", key, obj[3], typ, ErrCorrupt)
+	}
+	flags := obj[4]
+	if flags&^knownFlags != 0 {
+		return nil, fmt.Errorf("%s: unknown flags %#x: %w", key, flags, ErrCorrupt)
+	}
+	hdr := obj[:envHeaderLen]
+	payload := obj[envHeaderLen:]
+	switch {
+	case flags&flagAESGCM != 0:
+		if c.keys == nil {
+			return nil, fmt.Errorf("%s: object is encrypted but the repository config is not", key)
+		}
+		if len(payload) < 12 {
+			return nil, fmt.Errorf("%s: truncated ciphertext: %w", key, ErrCorrupt)
+		}
+		gcm, err := newGCM(c.keys.data)
+		if err != nil {
+			return nil, err
+		}
+		p, err := gcm.Open(nil, payload[:12], payload[12:], aad(hdr, key))
+		if err != nil {
+			return nil, fmt.Errorf("%s: authentication failed: %w", key, ErrCorrupt)
+		}
+		payload = p
+	case c.keys != nil:
+		return nil, fmt.Errorf("%s: object is not encrypted in an encrypted repository: %w", key, ErrCorrupt)
+	case flags&flagSum != 0:
+		if len(payload) < 32 {
+			return nil, fmt.Errorf("%s: truncated checksum: %w", key, ErrCorrupt)
+		}
+		body := obj[:len(obj)-32]
+		if s := sha256.Sum256(body); string(s[:]) != string(obj[len(obj)-32:]) {
+			return nil, fmt.Errorf("%s: checksum mismatch: %w", key, ErrCorrupt)
+		}
+		payload = payload[:len(payload)-32]
+	}
+	if flags&flagZstd != 0 {
+		p, err := c.dec.DecodeAll(payload, nil)
+		if err != nil {
+			return nil, fmt.Errorf("%s: decompress: %v: %w", key, err, ErrCorrupt)
+		}
+		payload = p
+	}
+	return payload, nil
+}

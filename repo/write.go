@@ -1,0 +1,237 @@
+package repo
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sync/errgroup"
+
+	"lifeboat/disk"
+)
+
+// WriteOptions steer how one file is stored.
+type WriteOptions struct {
+	// Layer stores the image's own allocation map, for differencing disks:
+	// only ranges this layer defines are read, and a restore can rebuild
+	// the layer on top of its parent. Otherwise the guest-visible content
+	// is stored.
+	Layer bool
+	// Previous is the same file's index in an earlier point.
+	Previous *Index
+	// Changed lists the ranges that may differ from Previous (a dirty
+	// bitmap, RCT, a differencing layer's allocation). When ChangedKnown
+	// is set, slots outside Changed are taken from Previous without being
+	// read; otherwise every allocated range is read and hashed, and only
+	// new chunks are stored.
+	Changed      []disk.Extent
+	ChangedKnown bool
+	// Workers hashing and compressing; 0 means GOMAXPROCS.
+	Workers int
+	// Progress, if set, is called with bytes of the file processed so far.
+	Progress func(done int64)
+}
+
+// window is how much of the allocation map is held at once: it keeps the
+// extent list of a fragmented 2 TiB image from filling memory.
+const windowSlots = 256
+
+type slotJob struct {
+	slot int64
+	buf  *[]byte
+	n    int
+}
+
+// WriteImage chunks img into the repository and returns its saved index.
+func (r *Repository) WriteImage(ctx context.Context, img disk.Image, opts WriteOptions) (ID, *Index, Stats, error) {
+	size := img.Size()
+	cs := r.ChunkSize()
+	nslots := SlotCount(size, cs)
+	x := &Index{Size: size, ChunkSize: cs, Slots: make([]Slot, nslots)}
+	var st Stats
+	prev := opts.Previous
+	reuse := opts.ChangedKnown && prev != nil && prev.Size == size && prev.ChunkSize == cs
+	if reuse && opts.Layer != (prev.Extents != nil) && size > 0 {
+		reuse = false
+	}
+	var changed []bool // per slot: may differ from prev
+	if reuse {
+		changed = make([]bool, nslots)
+		for _, e := range opts.Changed {
+			lo, n := disk.ClampRange(e.Offset, e.Length, size)
+			for s := lo / cs; n > 0 && s <= (lo+n-1)/cs; s++ {
+				changed[s] = true
+			}
+		}
+	}
+
+	workers := opts.Workers
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	free := make(chan *[]byte, workers+2)
+	for range cap(free) {
+		b := make([]byte, cs)
+		free <- &b
+	}
+	jobs := make(chan slotJob, workers)
+	var done atomic.Int64
+	var mu sync.Mutex // guards st fields the workers update
+	g, gctx := errgroup.WithContext(ctx)
+
+	for range workers {
+		g.Go(func() error {
+			for j := range jobs {
+				data := (*j.buf)[:j.n]
+				if isZero(data) {
+					x.Slots[j.slot] = Slot{Hole: true}
+					mu.Lock()
+					st.Holes++
+					mu.Unlock()
+				} else {
+					id := r.codec.sum(data)
+					n, err := r.storeChunk(gctx, id, data)
+					if err != nil {
+						return fmt.Errorf("store chunk of slot %d (offset %d): %w", j.slot, j.slot*cs, err)
+					}
+					x.Slots[j.slot] = Slot{ID: id}
+					mu.Lock()
+					st.Chunks++
+					if n > 0 {
+						st.NewChunks++
+						st.NewBytes += n
+					}
+					mu.Unlock()
+				}
+				free <- j.buf
+				if opts.Progress != nil {
+					opts.Progress(done.Add(int64(j.n)))
+				}
+			}
+			return nil
+		})
+	}
+
+	g.Go(func() error {
+		defer close(jobs)
+		for w := int64(0); w < nslots; w += windowSlots {
+			wOff := w * cs
+			wLen := min(windowSlots*cs, size-wOff)
+			var ext []disk.Extent
+			var err error
+			if opts.Layer {
+				ext, err = img.Extents(gctx, wOff, wLen)
+			} else {
+				ext, err = disk.ResolvedExtents(gctx, img, wOff, wLen)
+			}
+			if err != nil {
+				return fmt.Errorf("allocation map at offset %d: %w", wOff, err)
+			}
+			if err := disk.CheckExtents(ext, wOff, wLen); err != nil {
+				return fmt.Errorf("allocation map at offset %d: %w", wOff, err)
+			}
+			if opts.Layer {
+				for _, e := range ext {
+					x.Extents = disk.AppendExtent(x.Extents, e)
+				}
+			}
+			ei := 0
+			for s := w; s < min(w+windowSlots, nslots); s++ {
+				sOff := s * cs
+				sLen := min(cs, size-sOff)
+				for ei < len(ext) && ext[ei].End() <= sOff {
+					ei++
+				}
+				hasData := false
+				for k := ei; k < len(ext) && ext[k].Offset < sOff+sLen; k++ {
+					if ext[k].Kind == disk.Data {
+						hasData = true
+						break
+					}
+				}
+				if !hasData {
+					x.Slots[s] = Slot{Hole: true}
+					mu.Lock()
+					st.Holes++
+					mu.Unlock()
+					if opts.Progress != nil {
+						opts.Progress(done.Add(sLen))
+					}
+					continue
+				}
+				if reuse && !changed[s] {
+					x.Slots[s] = prev.Slots[s]
+					mu.Lock()
+					st.BytesReused += sLen
+					if !prev.Slots[s].Hole {
+						st.Chunks++
+					}
+					mu.Unlock()
+					if opts.Progress != nil {
+						opts.Progress(done.Add(sLen))
+					}
+					continue
+				}
+				var buf *[]byte
+				select {
+				case buf = <-free:
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+				b := (*buf)[:sLen]
+				clear(b)
+				// Read only what this layer holds as data; the rest of the
+				// slot stays zero so the chunk is the layer's own bytes.
+				var read int64
+				for k := ei; k < len(ext) && ext[k].Offset < sOff+sLen; k++ {
+					e := ext[k]
+					if e.Kind != disk.Data {
+						continue
+					}
+					lo, hi := max(e.Offset, sOff), min(e.End(), sOff+sLen)
+					if _, err := img.ReadAt(b[lo-sOff:hi-sOff], lo); err != nil {
+						return fmt.Errorf("read %d bytes at offset %d: %w", hi-lo, lo, err)
+					}
+					read += hi - lo
+				}
+				mu.Lock()
+				st.BytesRead += read
+				mu.Unlock()
+				select {
+				case jobs <- slotJob{slot: s, buf: buf, n: int(sLen)}:
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+			}
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		return ID{}, nil, st, err
+	}
+	if opts.Layer && len(x.Extents) == 0 && size > 0 {
+		x.Extents = []disk.Extent{{Offset: 0, Length: size, Kind: disk.Unallocated}}
+	}
+	id, err := r.SaveIndex(ctx, x)
+	if err != nil {
+		return ID{}, nil, st, err
+	}
+	return id, x, st, nil
+}
+
+var zeroPage [64 << 10]byte
+
+// isZero uses memequal against a zero page: vectorised, unlike a byte loop.
+func isZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeroPage))
+		if !bytes.Equal(b[:n], zeroPage[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
