@@ -187,6 +187,11 @@ func (r *Repository) LoadPoint(ctx context.Context, id string) (*Point, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load point: %w", err)
 	}
+	return DecodePoint(id, plain)
+}
+
+// DecodePoint parses and validates a manifest's plaintext.
+func DecodePoint(id string, plain []byte) (*Point, error) {
 	var p Point
 	if err := json.Unmarshal(plain, &p); err != nil {
 		return nil, fmt.Errorf("load point %s: %v: %w", id, err, ErrCorrupt)

@@ -43,6 +43,11 @@ func (img *Image) readBAT(ctx context.Context, region regionEntry) error {
 	if n*8 > int64(region.Length) {
 		return errorf(img.path, img.batOffset, "BAT region is %d bytes, too small for the %d entries a %d-byte disk with %d-byte blocks needs", region.Length, n, img.size, img.blockSize)
 	}
+	// The BAT must be backed by bytes the file (or the replayed log) holds;
+	// a small hostile file must not make us allocate a huge table.
+	if backed := img.src.backedBytes(); n*8 > backed {
+		return errorf(img.path, img.batOffset, "BAT of %d entries is larger than the %d bytes the file holds", n, backed)
+	}
 	raw := make([]byte, n*8)
 	if err := readFull(img.src, raw, img.batOffset); err != nil {
 		return errorf(img.path, img.batOffset, "reading BAT: %v", err)

@@ -333,6 +333,16 @@ func (s *source) Size() int64 {
 	return s.size
 }
 
+// backedBytes is how many bytes the file and the replayed log really hold,
+// as opposed to the zero-extension up to the log's LastFileOffset.
+func (s *source) backedBytes() int64 {
+	n := s.size
+	if s.ov != nil {
+		n += int64(len(s.ov.pages)) * logSector
+	}
+	return n
+}
+
 func (s *source) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("negative offset %d", off)

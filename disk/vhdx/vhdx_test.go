@@ -6,8 +6,10 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"lifeboat/disk"
@@ -83,7 +85,9 @@ func writeImage(t *testing.T, path string, opts disk.CreateOptions, writes map[i
 	if opts.Size <= 256*mib {
 		ref = make([]byte, opts.Size)
 	}
-	for off, b := range writes {
+	// In offset order, so that block placement is deterministic.
+	for _, off := range slices.Sorted(maps.Keys(writes)) {
+		b := writes[off]
 		if _, err := w.WriteAt(b, off); err != nil {
 			t.Fatal(err)
 		}
