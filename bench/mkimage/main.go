@@ -12,14 +12,15 @@
 // The 4 GiB image holds, as separate regions with holes between them and
 // nothing allocated after them:
 //
-//   - 1 GiB of text-like data: log lines and prose from a Zipf-distributed
-//     generated vocabulary, with timestamps, numbers and hex identifiers
-//     (zstd -1 compresses it about 3-4x);
+//   - 1 GiB of text-like data: log lines from 800 message templates with
+//     timestamps, hosts, numbers and hex identifiers, and prose paragraphs
+//     from stock phrases and a Zipf-distributed generated vocabulary
+//     (zstd -1 compresses it 3.0x, zstd -3 3.7x);
 //   - 1 GiB of random bytes (incompressible);
 //   - 0.5 GiB of synthetic binary-like data: pages of "machine code" built
 //     from a dictionary of instruction snippets, symbol string tables,
 //     relocation-like integer tables, zero padding and compressed-looking
-//     sections (zstd -1 about 2x).
+//     sections (zstd -1 1.9x).
 //
 // Data is generated in 4 MiB blocks, each seeded from its region and block
 // number, so generation runs in parallel and stays deterministic.
@@ -73,6 +74,8 @@ func main() {
 		err = cmdChange(os.Args[2:])
 	case "sparse":
 		err = cmdSparse(os.Args[2:])
+	case "sample": // sample KIND MiB: a region's generator output on stdout, for tuning
+		err = cmdSample(os.Args[2:])
 	case "layout":
 		for _, r := range layout {
 			fmt.Printf("%s %d %d\n", r.kind, r.off, r.len)
@@ -238,58 +241,105 @@ func buildVocab() {
 
 var levels = []string{"INFO", "INFO", "INFO", "DEBUG", "WARN", "ERROR"}
 
-// genText fills b with log lines (70%) and prose paragraphs (30%).
+var (
+	templatesOnce sync.Once
+	templates     [][]string // log message templates: words, "%d", "%x" or "%w"
+	templateTable []uint16   // Zipf-ish pick of a template
+	phrases       []string   // stock phrases of prose
+)
+
+// buildTemplates makes 800 log messages: real logs repeat a few hundred
+// messages with varying fields, which is what makes them compress well.
+func buildTemplates() {
+	rng := rand.New(rand.NewPCG(43, 4343))
+	for range 800 {
+		var t []string
+		for range 3 + rng.IntN(9) {
+			switch rng.IntN(10) {
+			case 0:
+				t = append(t, "%d")
+			case 1:
+				t = append(t, "%w")
+			default:
+				t = append(t, vocab[zipfTable[rng.Uint32()&0xffff]])
+			}
+		}
+		switch rng.IntN(4) {
+		case 0:
+			t = append(t, "id=%x")
+		case 1:
+			t = append(t, "took", "%dms")
+		}
+		templates = append(templates, t)
+	}
+	for range 2000 {
+		var ws []string
+		for range 2 + rng.IntN(4) {
+			ws = append(ws, vocab[zipfTable[rng.Uint32()&0xffff]])
+		}
+		phrases = append(phrases, strings.Join(ws, " "))
+	}
+	templateTable = make([]uint16, 1<<12)
+	for i := range templateTable {
+		// Quadratic skew: low-numbered templates are the frequent ones.
+		u := float64(i) / float64(len(templateTable))
+		templateTable[i] = uint16(u * u * float64(len(templates)))
+	}
+}
+
+// genText fills b with log lines (85%) and prose paragraphs (15%).
 func genText(rng *rand.Rand, b []byte) {
 	vocabOnce.Do(buildVocab)
+	templatesOnce.Do(buildTemplates)
 	out := b[:0]
 	word := func() string { return vocab[zipfTable[rng.Uint32()&0xffff]] }
 	// A slowly advancing clock, so timestamps share prefixes as in real logs.
 	t := int64(rng.IntN(86400 * 365))
 	for len(out) < len(b) {
-		if rng.IntN(10) < 7 {
+		if rng.IntN(100) < 85 {
 			t += int64(rng.IntN(3))
 			day, sec := t/86400, t%86400
-			out = fmt.Appendf(out, "2026-%02d-%02d %02d:%02d:%02d.%03d %s %s[%d]: %s ",
+			h, sv := rng.IntN(len(hosts)), rng.IntN(len(services))
+			out = fmt.Appendf(out, "2026-%02d-%02d %02d:%02d:%02d.%03d %s %s[%d]: %s",
 				1+day/28%12, 1+day%28, sec/3600, sec/60%60, sec%60, rng.IntN(1000),
-				hosts[rng.IntN(len(hosts))], services[rng.IntN(len(services))], 1000+rng.IntN(200),
+				hosts[h], services[sv], 1000+(h*31+sv*17)%900, // one pid per service and host
 				levels[rng.IntN(len(levels))])
-			for range 4 + rng.IntN(10) {
-				out = append(out, word()...)
+			for _, w := range templates[templateTable[rng.Uint32()&0xfff]] {
 				out = append(out, ' ')
+				switch w {
+				case "%d":
+					out = strconv.AppendInt(out, int64(rng.IntN(1000)), 10)
+				case "%dms":
+					out = strconv.AppendInt(out, int64(rng.IntN(5000)), 10)
+					out = append(out, "ms"...)
+				case "%w":
+					out = append(out, word()...)
+				case "id=%x":
+					out = fmt.Appendf(out, "id=%08x", rng.Uint32())
+				default:
+					out = append(out, w...)
+				}
 			}
-			switch rng.IntN(4) {
-			case 0:
-				out = fmt.Appendf(out, "id=%08x ", rng.Uint32())
-			case 1:
-				out = fmt.Appendf(out, "took %dms ", rng.IntN(5000))
-			case 2:
-				out = fmt.Appendf(out, "user=%s status=%d ", word(), []int{200, 200, 200, 404, 500}[rng.IntN(5)])
-			}
-			out[len(out)-1] = '\n'
+			out = append(out, '\n')
 		} else {
-			for range 2 + rng.IntN(6) { // sentences
+			for range 2 + rng.IntN(6) { // sentences of stock phrases and words
 				w := word()
 				out = append(out, strings.ToUpper(w[:1])...)
 				out = append(out, w[1:]...)
-				for range 5 + rng.IntN(15) {
+				for range 2 + rng.IntN(6) {
 					out = append(out, ' ')
-					out = append(out, word()...)
-					if rng.IntN(12) == 0 {
+					if rng.IntN(3) == 0 {
+						out = append(out, word()...)
+					} else {
+						out = append(out, phrases[templateTable[rng.Uint32()&0xfff]%uint16(len(phrases))]...)
+					}
+					if rng.IntN(8) == 0 {
 						out = append(out, ',')
 					}
 				}
 				out = append(out, ". "...)
 			}
 			out[len(out)-1] = '\n'
-			out = append(out, '\n')
-		}
-		if len(out) > len(b) {
-			break
-		}
-	}
-	if len(out) < len(b) {
-		// Ran out exactly: pad the tail with newlines (rare).
-		for len(out) < len(b) {
 			out = append(out, '\n')
 		}
 	}
@@ -326,7 +376,7 @@ func buildSnippets() {
 		n := 1 + rng.IntN(8)
 		s := make([]byte, n)
 		for i := range s {
-			if rng.IntN(3) > 0 {
+			if rng.IntN(6) > 0 {
 				s[i] = common[rng.IntN(len(common))]
 			} else {
 				s[i] = byte(rng.Uint32())
@@ -337,8 +387,8 @@ func buildSnippets() {
 }
 
 // genBinary fills b page by page (4 KiB) with a mix resembling /usr/lib:
-// code 45%, string tables 15%, integer tables 15%, zero-padded 10%,
-// compressed sections 15%.
+// code 45%, string tables 15%, integer tables 15%, zero-padded 15%,
+// compressed sections 10%.
 func genBinary(rng *rand.Rand, b []byte) {
 	snippetsOnce.Do(buildSnippets)
 	vocabOnce.Do(buildVocab)
@@ -351,7 +401,7 @@ func genBinary(rng *rand.Rand, b []byte) {
 			for i < len(pg) {
 				s := snippets[int(zipfTable[rng.Uint32()&0xffff])%len(snippets)]
 				i += copy(pg[i:], s)
-				if rng.IntN(5) == 0 && i < len(pg) {
+				if rng.IntN(8) == 0 && i < len(pg) {
 					var imm [4]byte
 					binary.LittleEndian.PutUint32(imm[:], uint32(rng.IntN(1<<20)))
 					i += copy(pg[i:], imm[:])
@@ -374,7 +424,7 @@ func genBinary(rng *rand.Rand, b []byte) {
 				binary.LittleEndian.PutUint64(pg[i:], base)
 				binary.LittleEndian.PutUint64(pg[i+8:], uint64(rng.IntN(16))<<32|uint64(7))
 			}
-		case k < 85: // mostly zero page with a little data
+		case k < 90: // mostly zero page with a little data
 			clear(pg)
 			n := rng.IntN(512)
 			for i := range n {
@@ -386,6 +436,25 @@ func genBinary(rng *rand.Rand, b []byte) {
 			}
 		}
 	}
+}
+
+func cmdSample(args []string) error {
+	if len(args) != 2 {
+		usage()
+	}
+	gen := map[string]func(*rand.Rand, []byte){"text": genText, "random": genRandom, "binary": genBinary}[args[0]]
+	n, err := strconv.Atoi(args[1])
+	if gen == nil || err != nil {
+		usage()
+	}
+	buf := make([]byte, blockSize)
+	for b := range (n*miB + blockSize - 1) / blockSize {
+		gen(rand.New(rand.NewPCG(1, uint64(b))), buf)
+		if _, err := os.Stdout.Write(buf); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // --- change -------------------------------------------------------------

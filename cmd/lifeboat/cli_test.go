@@ -247,3 +247,114 @@ func TestRoundTripQemuFormats(t *testing.T) {
 		t.Fatalf("verify: %s", out)
 	}
 }
+
+// Outcome 4 through the CLI: a flipped byte in a stored chunk makes verify
+// exit non-zero naming the affected point, and restoring it fails loudly.
+func TestCorruptionDetected(t *testing.T) {
+	dir := t.TempDir()
+	repoDir := filepath.Join(dir, "repo")
+	lb(t, repoDir, false, "repo", "init", "--chunk-size", "1048576")
+	r := rand.New(rand.NewPCG(9, 9))
+	mk := func(name string, n int) string {
+		b := make([]byte, n)
+		for i := range b {
+			b[i] = byte(r.Uint32())
+		}
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, b, 0o644)
+		return p
+	}
+	lb(t, repoDir, false, "backup", "--name", "a", mk("a.raw", 1<<20))
+	idA := lastPoint(t, repoDir)
+	lb(t, repoDir, false, "backup", "--name", "b", mk("b.raw", 1<<20))
+	idB := lastPoint(t, repoDir)
+	// Find a's chunk: the one not in b's set, via the point listing order.
+	var chunks []string
+	filepath.Walk(filepath.Join(repoDir, "chunks"), func(p string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			chunks = append(chunks, p)
+		}
+		return nil
+	})
+	if len(chunks) != 2 {
+		t.Fatalf("%d chunks stored, want 2", len(chunks))
+	}
+	for _, c := range chunks {
+		data, _ := os.ReadFile(c)
+		data[100] ^= 0xff
+		os.WriteFile(c, data, 0o600)
+		stderr := lb(t, repoDir, true, "verify")
+		var rep struct {
+			OK       bool     `json:"ok"`
+			Affected []string `json:"affected_points"`
+		}
+		cmd := exec.Command(lifeboatBin, "verify", "--json", "--repo", repoDir)
+		out, err := cmd.Output()
+		if err == nil {
+			t.Fatal("verify --json exited 0 with a corrupt chunk")
+		}
+		json.Unmarshal(out, &rep)
+		if rep.OK || len(rep.Affected) != 1 || (rep.Affected[0] != idA && rep.Affected[0] != idB) {
+			t.Fatalf("verify report %+v; stderr %s", rep, stderr)
+		}
+		msg := lb(t, repoDir, true, "restore", "--point", rep.Affected[0], "--to", filepath.Join(dir, "out-"+rep.Affected[0]))
+		if !strings.Contains(msg, "corrupt") {
+			t.Fatalf("restore of a corrupt point: %s", msg)
+		}
+		data[100] ^= 0xff
+		os.WriteFile(c, data, 0o600)
+	}
+	if out := lb(t, repoDir, false, "verify"); !strings.HasPrefix(out, "ok:") {
+		t.Fatalf("verify after repair: %s", out)
+	}
+}
+
+// The CLI contract: points --json shape, LIFEBOAT_REPO, clear usage errors.
+func TestCLIContract(t *testing.T) {
+	dir := t.TempDir()
+	repoDir := filepath.Join(dir, "repo")
+	lb(t, repoDir, false, "repo", "init")
+	p := filepath.Join(dir, "img.raw")
+	os.WriteFile(p, bytes.Repeat([]byte{1}, 5000), 0o644)
+	lb(t, repoDir, false, "backup", "--name", "x", p)
+	pts := points(t, repoDir)
+	if len(pts) != 1 || pts[0].Name != "x" || len(pts[0].Files) != 1 || pts[0].Files[0].Path != "img.raw" ||
+		pts[0].Files[0].Role != "disk" || pts[0].Files[0].Format != "raw" || pts[0].Files[0].Size != 5000 {
+		t.Fatalf("points --json: %+v", pts)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"backup", p}, "--name is required"},
+		{[]string{"backup", "--name", "y", filepath.Join(dir, "missing.vhdx")}, "missing.vhdx"},
+		{[]string{"restore", "--point", "nope", "--to", dir}, "not a point ID"},
+		{[]string{"restore", "--point", pts[0].ID, "--to", dir, "--format", "vmdk"}, "unknown disk format"},
+		{[]string{"prune"}, "--keep-"},
+		{[]string{"frobnicate"}, "unknown command"},
+	} {
+		if msg := lb(t, repoDir, true, c.args...); !strings.Contains(msg, c.want) {
+			t.Errorf("lifeboat %v: %q does not say %q", c.args, msg, c.want)
+		}
+	}
+	// Restoring onto existing files is refused unless asked.
+	out := filepath.Join(dir, "out")
+	lb(t, repoDir, false, "restore", "--point", pts[0].ID, "--to", out)
+	if msg := lb(t, repoDir, true, "restore", "--point", pts[0].ID, "--to", out); !strings.Contains(msg, "already exists") {
+		t.Errorf("second restore: %s", msg)
+	}
+	lb(t, repoDir, false, "restore", "--point", pts[0].ID, "--to", out, "--overwrite")
+	// Encrypted repositories need the password.
+	enc := filepath.Join(dir, "enc")
+	pw := filepath.Join(dir, "pw")
+	os.WriteFile(pw, []byte("s3cret\n"), 0o600)
+	lb(t, enc, false, "repo", "init", "--encrypt", "--password-file", pw)
+	lb(t, enc, false, "backup", "--name", "x", "--password-file", pw, p)
+	if msg := lb(t, enc, true, "points"); !strings.Contains(msg, "encrypted") {
+		t.Errorf("points without password: %s", msg)
+	}
+	os.WriteFile(pw, []byte("wrong"), 0o600)
+	if msg := lb(t, enc, true, "points", "--password-file", pw); !strings.Contains(msg, "wrong password") {
+		t.Errorf("points with wrong password: %s", msg)
+	}
+}

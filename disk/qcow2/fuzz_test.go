@@ -24,8 +24,8 @@ func fuzzSeeds(f *testing.F) [][]byte {
 		}
 	}
 	for i, opts := range []disk.CreateOptions{
-		{Size: 256 * kib, ClusterSize: 4 * kib},
-		{Size: 2 * mib, ClusterSize: 4 * kib, ParentPath: "base.qcow2", ParentFormat: disk.QCOW2},
+		{Size: 64 * kib, ClusterSize: 4 * kib},
+		{Size: 64 * kib, ClusterSize: 4 * kib, ParentPath: "base.qcow2", ParentFormat: disk.QCOW2},
 	} {
 		path := filepath.Join(dir, "ours"+string(rune('a'+i))+".qcow2")
 		w, err := Create(context.Background(), path, opts)
@@ -33,7 +33,7 @@ func fuzzSeeds(f *testing.F) [][]byte {
 			f.Fatal(err)
 		}
 		w.WriteAt(bytes.Repeat([]byte{0x5a}, 8*kib), 4*kib)
-		w.WriteAt(make([]byte, 4*kib), 64*kib)
+		w.WriteAt(make([]byte, 4*kib), 32*kib)
 		if err := w.Close(); err != nil {
 			f.Fatal(err)
 		}
@@ -53,7 +53,7 @@ func fuzzSeeds(f *testing.F) [][]byte {
 		"cluster_size=512,backing_file=base.raw,backing_fmt=raw",
 	} {
 		path := filepath.Join(dir, "q"+string(rune('a'+i))+".qcow2")
-		if exec.Command(qimg, "create", "-q", "-f", "qcow2", "-o", o, path, "1M").Run() != nil {
+		if exec.Command(qimg, "create", "-q", "-f", "qcow2", "-o", o, path, "128k").Run() != nil {
 			continue
 		}
 		exec.Command(qio, "-f", "qcow2", "-c", "write -P 0x11 0 6k", "-c", "write -z 8k 8k",
