@@ -49,7 +49,7 @@ type codec struct {
 	dec  *zstd.Decoder
 	keys *keys
 	hash string
-	pool sync.Pool // *[]byte scratch for compression
+	pool sync.Pool // *[]byte scratch for compression samples
 }
 
 func newCodec(k *keys, hashName string) (*codec, error) {
@@ -109,42 +109,42 @@ func (c *codec) sum(data []byte) ID {
 	return id
 }
 
-// seal builds an envelope. compress says whether to try zstd.
+// seal builds an envelope in a new buffer.
 func (c *codec) seal(typ byte, key string, plain []byte, compress bool) ([]byte, error) {
+	return c.sealTo(nil, typ, key, plain, compress)
+}
+
+// sealTo builds an envelope, reusing dst's storage: on the backup path the
+// compressed bytes land right after the header with no extra copy.
+func (c *codec) sealTo(dst []byte, typ byte, key string, plain []byte, compress bool) ([]byte, error) {
 	hdr := [envHeaderLen]byte{envMagic0, envMagic1, envVersion, typ, 0}
-	payload := plain
+	out := append(dst[:0], hdr[:]...)
+	packed := false
 	if compress && worthCompressing(c, plain) {
-		bp, _ := c.pool.Get().(*[]byte)
-		if bp == nil {
-			bp = new([]byte)
+		out = c.enc.EncodeAll(plain, out)
+		if len(out)-envHeaderLen < len(plain)-len(plain)*minSavedPct/100 {
+			out[4] |= flagZstd
+			packed = true
+		} else {
+			out = out[:envHeaderLen]
 		}
-		out := c.enc.EncodeAll(plain, (*bp)[:0])
-		if len(out) < len(plain)-len(plain)*minSavedPct/100 {
-			payload = out
-			hdr[4] |= flagZstd
-		}
-		defer func() { *bp = out; c.pool.Put(bp) }()
+	}
+	if !packed {
+		out = append(out, plain...)
 	}
 	if c.keys != nil {
-		hdr[4] |= flagAESGCM
+		out[4] |= flagAESGCM
 		gcm, err := newGCM(c.keys.data)
 		if err != nil {
 			return nil, err
 		}
+		payload := append([]byte(nil), out[envHeaderLen:]...)
 		nonce := randomBytes(12)
-		out := make([]byte, 0, envHeaderLen+12+len(payload)+gcm.Overhead())
-		out = append(out, hdr[:]...)
-		out = append(out, nonce...)
-		return gcm.Seal(out, nonce, payload, aad(hdr[:], key)), nil
+		out = append(out[:envHeaderLen], nonce...)
+		return gcm.Seal(out, nonce, payload, aad(out[:envHeaderLen], key)), nil
 	}
-	withSum := typ != typeChunk
-	if withSum {
-		hdr[4] |= flagSum
-	}
-	out := make([]byte, 0, envHeaderLen+len(payload)+32)
-	out = append(out, hdr[:]...)
-	out = append(out, payload...)
-	if withSum {
+	if typ != typeChunk {
+		out[4] |= flagSum
 		s := sha256.Sum256(out)
 		out = append(out, s[:]...)
 	}

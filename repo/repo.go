@@ -58,30 +58,21 @@ func indexKey(id ID) string {
 
 func pointKey(id string) string { return "points/" + id }
 
-// storeChunk stores plain under id unless present; id must be its hash.
-func (r *Repository) storeChunk(ctx context.Context, id ID, plain []byte) (int64, error) {
+// haveChunk reports whether a chunk is stored, from memory first.
+func (r *Repository) haveChunk(ctx context.Context, id ID) (bool, error) {
 	r.mu.Lock()
 	_, ok := r.known[id]
 	r.mu.Unlock()
 	if ok {
-		return 0, nil
+		return true, nil
 	}
-	key := chunkKey(id)
-	if _, err := r.b.Stat(ctx, key); err == nil {
+	if _, err := r.b.Stat(ctx, chunkKey(id)); err == nil {
 		r.remember(id)
-		return 0, nil
+		return true, nil
 	} else if !errors.Is(err, storage.ErrNotFound) {
-		return 0, err
+		return false, err
 	}
-	obj, err := r.codec.seal(typeChunk, key, plain, true)
-	if err != nil {
-		return 0, err
-	}
-	if err := r.b.Put(ctx, key, obj); err != nil {
-		return 0, err
-	}
-	r.remember(id)
-	return int64(len(obj)), nil
+	return false, nil
 }
 
 func (r *Repository) remember(id ID) {

@@ -39,6 +39,9 @@ type WriteOptions struct {
 // extent list of a fragmented 2 TiB image from filling memory.
 const windowSlots = 256
 
+// uploaders is how many objects may be in flight to storage at once.
+const uploaders = 6
+
 type slotJob struct {
 	slot int64
 	buf  *[]byte
@@ -82,8 +85,20 @@ func (r *Repository) WriteImage(ctx context.Context, img disk.Image, opts WriteO
 	var mu sync.Mutex // guards st fields the workers update
 	g, gctx := errgroup.WithContext(ctx)
 
+	// Uploads run apart from hashing so that storage latency (an fsync per
+	// object locally, a round trip on S3) overlaps with CPU work.
+	type upload struct {
+		slot int64
+		id   ID
+		obj  *[]byte
+	}
+	uploads := make(chan upload, uploaders)
+	var objPool sync.Pool
+	var hashers sync.WaitGroup
 	for range workers {
+		hashers.Add(1)
 		g.Go(func() error {
+			defer hashers.Done()
 			for j := range jobs {
 				data := (*j.buf)[:j.n]
 				if isZero(data) {
@@ -93,23 +108,56 @@ func (r *Repository) WriteImage(ctx context.Context, img disk.Image, opts WriteO
 					mu.Unlock()
 				} else {
 					id := r.codec.sum(data)
-					n, err := r.storeChunk(gctx, id, data)
-					if err != nil {
-						return fmt.Errorf("store chunk of slot %d (offset %d): %w", j.slot, j.slot*cs, err)
-					}
 					x.Slots[j.slot] = Slot{ID: id}
+					have, err := r.haveChunk(gctx, id)
+					if err != nil {
+						return fmt.Errorf("look up chunk of slot %d (offset %d): %w", j.slot, j.slot*cs, err)
+					}
 					mu.Lock()
 					st.Chunks++
-					if n > 0 {
-						st.NewChunks++
-						st.NewBytes += n
-					}
 					mu.Unlock()
+					if !have {
+						ob, _ := objPool.Get().(*[]byte)
+						if ob == nil {
+							ob = new([]byte)
+						}
+						obj, err := r.codec.sealTo(*ob, typeChunk, chunkKey(id), data, true)
+						if err != nil {
+							return err
+						}
+						*ob = obj
+						select {
+						case uploads <- upload{slot: j.slot, id: id, obj: ob}:
+						case <-gctx.Done():
+							return gctx.Err()
+						}
+					}
 				}
 				free <- j.buf
 				if opts.Progress != nil {
 					opts.Progress(done.Add(int64(j.n)))
 				}
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		hashers.Wait()
+		close(uploads)
+		return nil
+	})
+	for range uploaders {
+		g.Go(func() error {
+			for u := range uploads {
+				if err := r.b.Put(gctx, chunkKey(u.id), *u.obj); err != nil {
+					return fmt.Errorf("store chunk of slot %d (offset %d): %w", u.slot, u.slot*cs, err)
+				}
+				r.remember(u.id)
+				mu.Lock()
+				st.NewChunks++
+				st.NewBytes += int64(len(*u.obj))
+				mu.Unlock()
+				objPool.Put(u.obj)
 			}
 			return nil
 		})
