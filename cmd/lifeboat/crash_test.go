@@ -106,3 +106,58 @@ func checkRestore(t *testing.T, repoDir, id, wantHash, out string) {
 	os.RemoveAll(out)
 	os.MkdirAll(out, 0o755) // remember it was checked
 }
+
+// Several backups into one repository at once: each completes, shared
+// chunks are stored once, and every point restores.
+func TestConcurrentBackups(t *testing.T) {
+	dir := t.TempDir()
+	repoDir := filepath.Join(dir, "repo")
+	lb(t, repoDir, false, "repo", "init", "--chunk-size", "1048576")
+	r := rand.New(rand.NewPCG(11, 11))
+	common := make([]byte, 16<<20)
+	for i := range common {
+		common[i] = byte(r.Uint32())
+	}
+	hashes := map[string]string{}
+	var cmds []*exec.Cmd
+	for i := range 4 {
+		own := make([]byte, 4<<20)
+		for j := range own {
+			own[j] = byte(r.Uint32())
+		}
+		p := filepath.Join(dir, "img"+string(rune('a'+i))+".raw")
+		os.WriteFile(p, append(append([]byte{}, common...), own...), 0o644)
+		hashes["img"+string(rune('a'+i))] = fileHash(t, p)
+		cmd := exec.Command(lifeboatBin, "backup", "--name", "img"+string(rune('a'+i)), p)
+		cmd.Env = append(os.Environ(), "LIFEBOAT_REPO="+repoDir)
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		cmds = append(cmds, cmd)
+	}
+	for _, c := range cmds {
+		if err := c.Wait(); err != nil {
+			t.Fatalf("concurrent backup: %v", err)
+		}
+	}
+	if out := lb(t, repoDir, false, "verify"); !strings.HasPrefix(out, "ok:") {
+		t.Fatalf("verify: %s", out)
+	}
+	n := 0
+	filepath.Walk(filepath.Join(repoDir, "chunks"), func(_ string, fi os.FileInfo, err error) error {
+		if err == nil && !fi.IsDir() {
+			n++
+		}
+		return nil
+	})
+	if n != 16+4*4 {
+		t.Errorf("%d chunks stored, want %d (shared ones once)", n, 16+4*4)
+	}
+	for _, p := range points(t, repoDir) {
+		out := filepath.Join(dir, "out", p.Name)
+		lb(t, repoDir, false, "restore", "--point", p.ID, "--to", out)
+		if got := fileHash(t, filepath.Join(out, p.Name+".raw")); got != hashes[p.Name] {
+			t.Errorf("%s restores differently", p.Name)
+		}
+	}
+}
