@@ -90,25 +90,40 @@ func open(ctx context.Context, path string, format disk.Format, paths *[]string)
 		}
 	}
 	parents := parentOpener(paths)
+	var img disk.Image
+	var err error
+	// Each Open returns a concrete pointer; convert only on success so a
+	// failed open never yields a non-nil interface holding nil.
 	switch format {
 	case disk.Raw:
-		return raw.Open(ctx, path, parents)
+		img, err = asImage(raw.Open(ctx, path, parents))
 	case disk.QCOW2:
-		return qcow2.Open(ctx, path, parents)
+		img, err = asImage(qcow2.Open(ctx, path, parents))
 	case disk.VHD:
-		img, err := vhd.Open(ctx, path, parents)
-		if err != nil {
-			return nil, err
-		}
-		return img, nil
+		img, err = asImage(vhd.Open(ctx, path, parents))
 	case disk.VHDX:
-		img, err := vhdx.Open(ctx, path, parents)
-		if err != nil {
-			return nil, err
-		}
-		return img, nil
+		img, err = asImage(vhdx.Open(ctx, path, parents))
+	default:
+		return nil, fmt.Errorf("open %s: unknown format %q", path, format)
 	}
-	return nil, fmt.Errorf("open %s: unknown format %q", path, format)
+	if err != nil {
+		return nil, err
+	}
+	return img, nil
+}
+
+func asImage[T disk.Image](img T, err error) (disk.Image, error) {
+	if err != nil {
+		return nil, err
+	}
+	return img, nil
+}
+
+func asWriter[T disk.Writer](w T, err error) (disk.Writer, error) {
+	if err != nil {
+		return nil, err
+	}
+	return w, nil
 }
 
 // parentOpener tries each candidate that exists, detecting its format,
@@ -131,21 +146,13 @@ func parentOpener(paths *[]string) disk.ParentOpener {
 func Create(ctx context.Context, path string, format disk.Format, opts disk.CreateOptions) (disk.Writer, error) {
 	switch format {
 	case disk.Raw:
-		return raw.Create(ctx, path, opts)
+		return asWriter(raw.Create(ctx, path, opts))
 	case disk.QCOW2:
-		return qcow2.Create(ctx, path, opts)
+		return asWriter(qcow2.Create(ctx, path, opts))
 	case disk.VHD:
-		w, err := vhd.Create(ctx, path, opts)
-		if err != nil {
-			return nil, err
-		}
-		return w, nil
+		return asWriter(vhd.Create(ctx, path, opts))
 	case disk.VHDX:
-		w, err := vhdx.Create(ctx, path, opts)
-		if err != nil {
-			return nil, err
-		}
-		return w, nil
+		return asWriter(vhdx.Create(ctx, path, opts))
 	}
 	return nil, fmt.Errorf("create %s: unknown format %q", path, format)
 }

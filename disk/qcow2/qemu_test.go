@@ -10,7 +10,6 @@ import (
 	"testing"
 
 	"lifeboat/disk"
-	"lifeboat/disk/raw"
 	"lifeboat/internal/testenv"
 )
 
@@ -177,6 +176,7 @@ func TestWriterQemu(t *testing.T) {
 		{"64k", 20 * mib, 0},
 		{"2m", 9*mib + 3*512, 2 * mib},
 		{"tiny", 512, 64 * kib},
+		{"empty", 0, 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -352,4 +352,55 @@ func TestWriterPartialWithoutParent(t *testing.T) {
 	os.Remove(path)
 }
 
-var _ = raw.Open
+// ReadAt may be called from several goroutines: the L2 cache and the
+// decompressed-cluster cache must not mix up their results.
+func TestConcurrentReads(t *testing.T) {
+	testenv.Tool(t, "qemu-img")
+	dir := t.TempDir()
+	src := source(6*mib, 3)
+	srcPath := filepath.Join(dir, "src.raw")
+	writeFile(t, srcPath, src)
+	cases := []struct {
+		name string
+		args []string
+	}{
+		{"zlib-4k", []string{"-c", "-o", "cluster_size=4k"}},
+		{"zstd", []string{"-c", "-o", "compression_type=zstd"}},
+		{"plain-512", []string{"-o", "cluster_size=512"}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			path := filepath.Join(dir, c.name+".qcow2")
+			args := append([]string{"convert", "-f", "raw", "-O", "qcow2"}, c.args...)
+			testenv.Run(t, "qemu-img", append(args, srcPath, path)...)
+			img, err := Open(context.Background(), path, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer img.Close()
+			errs := make(chan error, 4)
+			for g := range 4 {
+				go func() {
+					buf := make([]byte, 70*kib)
+					for i := range 300 {
+						off := int64((g*7919 + i*104729) % (6*mib - 70*kib))
+						if _, err := img.ReadAt(buf, off); err != nil {
+							errs <- err
+							return
+						}
+						if sum(buf) != sum(src[off:off+70*kib]) {
+							errs <- fmt.Errorf("read at %d differs", off)
+							return
+						}
+					}
+					errs <- nil
+				}()
+			}
+			for range 4 {
+				if err := <-errs; err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}

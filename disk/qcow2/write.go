@@ -234,7 +234,12 @@ func (w *Writer) finish() error {
 	// L2 tables, in guest order.
 	span := cs * w.entries()
 	l1Entries := (w.size + span - 1) / span
-	l1 := make([]byte, clusters(l1Entries*8)*cs)
+	// An empty disk has no L1 table at all, as qemu makes it: an
+	// allocated but unreferenced one would count as leaked.
+	var l1 []byte
+	if l1Entries > 0 {
+		l1 = make([]byte, clusters(l1Entries*8)*cs)
+	}
 	for _, i := range slices.Sorted(maps.Keys(w.l2)) {
 		t := w.l2[i]
 		buf := make([]byte, cs)
@@ -247,11 +252,14 @@ func (w *Writer) finish() error {
 		be.PutUint64(l1[i*8:], uint64(w.next)|flagCopied)
 		w.next += cs
 	}
-	l1Offset := w.next
-	if err := w.pwrite(l1, l1Offset); err != nil {
-		return err
+	var l1Offset int64
+	if len(l1) > 0 {
+		l1Offset = w.next
+		if err := w.pwrite(l1, l1Offset); err != nil {
+			return err
+		}
+		w.next += int64(len(l1))
 	}
-	w.next += int64(len(l1))
 
 	// The refcount structures must also count themselves: grow them until
 	// they cover every cluster including their own.

@@ -3,10 +3,8 @@ package raw
 import (
 	"bytes"
 	"context"
-	"os"
 	"path/filepath"
 	"runtime"
-	"syscall"
 	"testing"
 
 	"lifeboat/disk"
@@ -27,19 +25,6 @@ func format() disktest.Format {
 }
 
 func TestConformance(t *testing.T) { disktest.Run(t, format()) }
-
-// allocated is the number of bytes the filesystem stores for path, or -1
-// where that is not known.
-func allocated(t *testing.T, path string) int64 {
-	st, err := os.Stat(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if s, ok := st.Sys().(*syscall.Stat_t); ok && runtime.GOOS == "linux" {
-		return s.Blocks * 512
-	}
-	return -1
-}
 
 func TestSparseWrites(t *testing.T) {
 	const mib = 1 << 20

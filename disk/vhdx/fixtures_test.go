@@ -245,7 +245,10 @@ func TestFixtureLogSequences(t *testing.T) {
 				h = h2
 			}
 			log := raw[h.LogOffset : h.LogOffset+uint64(h.LogLength)]
-			seq := activeSequence(log, h.LogGUID)
+			seq, err := activeSequence(log, h.LogGUID)
+			if err != nil {
+				t.Fatal(err)
+			}
 			var pos []int64
 			for _, e := range seq {
 				pos = append(pos, e.pos)

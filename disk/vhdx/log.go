@@ -1,6 +1,7 @@
 package vhdx
 
 import (
+	"container/heap"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -63,8 +64,9 @@ func ringBytes(log []byte, pos, n int64) []byte {
 
 // parseEntry validates the entry at pos (4 KiB aligned) in log. Anything
 // wrong makes it not an entry: torn or stale entries are expected in a
-// log and are simply not part of the active sequence.
-func parseEntry(log []byte, pos int64, logGUID GUID) (*logEntry, bool) {
+// log and are simply not part of the active sequence. Checksumming
+// spends the entry's length from crcBudget.
+func parseEntry(log []byte, pos int64, logGUID GUID, crcBudget *int64) (*logEntry, bool) {
 	l := int64(len(log))
 	h := log[pos : pos+logSector]
 	if string(h[0:4]) != "loge" {
@@ -89,6 +91,9 @@ func parseEntry(log []byte, pos int64, logGUID GUID) (*logEntry, bool) {
 	e.flushed, e.last = int64(flushed), int64(last)
 	descSectors := (64 + 32*count + logSector - 1) / logSector
 	if descSectors*logSector > e.length {
+		return nil, false
+	}
+	if *crcBudget -= e.length; *crcBudget < 0 {
 		return nil, false
 	}
 	b := ringBytes(log, pos, e.length)
@@ -136,34 +141,50 @@ func parseEntry(log []byte, pos int64, logGUID GUID) (*logEntry, bool) {
 	return e, true
 }
 
+// errLogTooComplex stops hostile logs whose overlapping entries would
+// take quadratic time to check; real logs stay orders of magnitude below
+// the budgets.
+var errLogTooComplex = errors.New("log has too many overlapping entries to check")
+
 // activeSequence finds the newest complete log sequence: a run of valid
 // entries, each following the previous in the ring with a sequence number
 // one higher, from the head entry's tail up to the head. Entries before
-// the tail were already applied, so they are not part of it.
-func activeSequence(log []byte, logGUID GUID) []*logEntry {
+// the tail were already applied, so they are not part of it. It returns
+// nil when there is no complete sequence.
+func activeSequence(log []byte, logGUID GUID) ([]*logEntry, error) {
 	l := int64(len(log))
 	byPos := map[int64]*logEntry{}
 	var heads []*logEntry
+	// Checksumming costs the entry's length at every candidate position.
+	crcBudget := 4*l + 16*mib
 	for pos := int64(0); pos+logSector <= l; pos += logSector {
-		if e, ok := parseEntry(log, pos, logGUID); ok {
+		e, ok := parseEntry(log, pos, logGUID, &crcBudget)
+		if crcBudget < 0 {
+			return nil, errLogTooComplex
+		}
+		if ok {
 			byPos[pos] = e
 			heads = append(heads, e)
 		}
 	}
 	var best []*logEntry
+	steps := 1 << 22
 	for _, h := range heads {
-		seq := walkSequence(byPos, h, l)
+		seq := walkSequence(byPos, h, l, &steps)
+		if steps < 0 {
+			return nil, errLogTooComplex
+		}
 		if seq != nil && (best == nil || h.seq > best[len(best)-1].seq) {
 			best = seq
 		}
 	}
-	return best
+	return best, nil
 }
 
-func walkSequence(byPos map[int64]*logEntry, head *logEntry, l int64) []*logEntry {
+func walkSequence(byPos map[int64]*logEntry, head *logEntry, l int64, steps *int) []*logEntry {
 	var seq []*logEntry
 	var total int64
-	for cur := head.tail; ; {
+	for cur := head.tail; *steps >= 0; *steps-- {
 		e := byPos[cur]
 		if e == nil || (len(seq) > 0 && e.seq != seq[len(seq)-1].seq+1) {
 			return nil
@@ -178,6 +199,7 @@ func walkSequence(byPos map[int64]*logEntry, head *logEntry, l int64) []*logEntr
 		}
 		cur = (cur + e.length) % l
 	}
+	return nil
 }
 
 // span is a half-open byte range of the file.
@@ -192,64 +214,6 @@ type overlay struct {
 	pages map[int64][]byte
 	zeros []span // sorted, disjoint, never overlapping a page
 	size  int64
-}
-
-func (o *overlay) zero(start, end int64) {
-	if start >= end {
-		return
-	}
-	if (end-start)/logSector <= int64(len(o.pages)) {
-		for k := start; k < end; k += logSector {
-			delete(o.pages, k)
-		}
-	} else {
-		for k := range o.pages {
-			if k >= start && k < end {
-				delete(o.pages, k)
-			}
-		}
-	}
-	o.zeros = append(o.zeros, span{start, end})
-	sort.Slice(o.zeros, func(i, j int) bool { return o.zeros[i].start < o.zeros[j].start })
-	merged := o.zeros[:1]
-	for _, s := range o.zeros[1:] {
-		last := &merged[len(merged)-1]
-		if s.start <= last.end {
-			last.end = max(last.end, s.end)
-			continue
-		}
-		merged = append(merged, s)
-	}
-	o.zeros = merged
-	o.size = max(o.size, end)
-}
-
-func (o *overlay) data(off int64, p []byte) {
-	end := off + int64(len(p))
-	var out []span
-	for _, s := range o.zeros {
-		if s.end <= off || s.start >= end {
-			out = append(out, s)
-			continue
-		}
-		if s.start < off {
-			out = append(out, span{s.start, off})
-		}
-		if s.end > end {
-			out = append(out, span{end, s.end})
-		}
-	}
-	o.zeros = out
-	o.pages[off] = p
-	o.size = max(o.size, end)
-}
-
-func (o *overlay) finish() {
-	o.offs = o.offs[:0]
-	for k := range o.pages {
-		o.offs = append(o.offs, k)
-	}
-	slices.Sort(o.offs)
 }
 
 // apply lays the overlay over q, which holds the file's bytes at off.
@@ -270,18 +234,68 @@ func (o *overlay) apply(q []byte, off int64) {
 }
 
 // replay applies an active sequence to a new overlay over a file of
-// fileSize bytes.
+// fileSize bytes. Later descriptors win where they overlap earlier ones;
+// the result is computed by a sweep instead of applying the writes one by
+// one, so a hostile log of many overlapping zero ranges stays O(n log n).
 func replay(seq []*logEntry, fileSize int64) *overlay {
-	o := &overlay{pages: map[int64][]byte{}, size: fileSize}
+	type op struct {
+		start, end int64
+		page       []byte // nil for zeros
+	}
+	var ops []op
 	for _, e := range seq {
 		for i := range e.descs {
 			d := &e.descs[i]
 			if d.zero {
-				o.zero(d.fileOff, d.fileOff+d.zeroLen)
+				if d.zeroLen > 0 {
+					ops = append(ops, op{d.fileOff, d.fileOff + d.zeroLen, nil})
+				}
 			} else {
-				o.data(d.fileOff, d.page())
+				ops = append(ops, op{d.fileOff, d.fileOff + logSector, d.page()})
 			}
 		}
+	}
+	o := &overlay{pages: map[int64][]byte{}, size: fileSize}
+	type event struct {
+		pos int64
+		op  int
+		end bool
+	}
+	events := make([]event, 0, 2*len(ops))
+	for i, x := range ops {
+		events = append(events, event{x.start, i, false}, event{x.end, i, true})
+		o.size = max(o.size, x.end)
+	}
+	sort.Slice(events, func(i, j int) bool { return events[i].pos < events[j].pos })
+	// active holds the ops covering the sweep position; the newest one
+	// (highest index) decides the bytes there.
+	active := &opHeap{}
+	ended := make([]bool, len(ops))
+	prev := int64(0)
+	for i := 0; i < len(events); {
+		pos := events[i].pos
+		for active.Len() > 0 && ended[active.top()] {
+			heap.Pop(active)
+		}
+		if active.Len() > 0 && pos > prev {
+			if x := ops[active.top()]; x.page != nil {
+				// Boundaries are 4 KiB aligned, so a data op's
+				// segment is its whole page.
+				o.pages[x.start] = x.page
+			} else if n := len(o.zeros); n > 0 && o.zeros[n-1].end == prev {
+				o.zeros[n-1].end = pos
+			} else {
+				o.zeros = append(o.zeros, span{prev, pos})
+			}
+		}
+		for ; i < len(events) && events[i].pos == pos; i++ {
+			if events[i].end {
+				ended[events[i].op] = true
+			} else {
+				heap.Push(active, events[i].op)
+			}
+		}
+		prev = pos
 	}
 	head := seq[len(seq)-1]
 	// The spec extends the file to LastFileOffset; qemu rounds that up to
@@ -289,15 +303,33 @@ func replay(seq []*logEntry, fileSize int64) *overlay {
 	if last := (head.last + mib - 1) / mib * mib; last > o.size {
 		o.size = last
 	}
-	o.finish()
+	for k := range o.pages {
+		o.offs = append(o.offs, k)
+	}
+	slices.Sort(o.offs)
 	return o
 }
 
+// opHeap is a max-heap of op indexes.
+type opHeap []int
+
+func (h opHeap) Len() int           { return len(h) }
+func (h opHeap) Less(i, j int) bool { return h[i] > h[j] }
+func (h opHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *opHeap) Push(x any)        { *h = append(*h, x.(int)) }
+func (h *opHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+func (h opHeap) top() int { return h[0] }
+
 // replayLog validates the current header's log fields, finds the active
 // sequence and replays it in memory.
-func replayLog(r io.ReaderAt, fileSize int64, h header, path string) (*overlay, error) {
+func replayLog(r io.ReaderAt, fileSize int64, h header, hOff int64, path string) (*overlay, error) {
 	if h.LogVersion != 0 {
-		return nil, errorf(path, header1Offset, "log version %d is not supported (log must be replayed)", h.LogVersion)
+		return nil, errorf(path, hOff, "log version %d is not supported (log must be replayed)", h.LogVersion)
 	}
 	ll, lo := int64(h.LogLength), h.LogOffset
 	if ll < logSector || ll%logSector != 0 || lo%logSector != 0 || lo > uint64(fileSize) || uint64(ll) > uint64(fileSize)-lo {
@@ -307,7 +339,10 @@ func replayLog(r io.ReaderAt, fileSize int64, h header, path string) (*overlay, 
 	if _, err := r.ReadAt(buf, int64(lo)); err != nil && !errors.Is(err, io.EOF) {
 		return nil, errorf(path, int64(lo), "reading log: %v", err)
 	}
-	seq := activeSequence(buf, h.LogGUID)
+	seq, err := activeSequence(buf, h.LogGUID)
+	if err != nil {
+		return nil, errorf(path, int64(lo), "%v", err)
+	}
 	if seq == nil {
 		return nil, errorf(path, int64(lo), "log is dirty (LogGuid %s) but holds no complete valid log sequence", h.LogGUID)
 	}

@@ -27,7 +27,9 @@ import (
 	"lifeboat/disk"
 )
 
-var errorf = disk.Errorf
+func errorf(path string, off int64, format string, args ...any) error {
+	return disk.Errorf(path, off, format, args...)
+}
 
 // Probe reports whether header, the first bytes of a file, starts with the
 // VHDX file type identifier.
@@ -183,17 +185,17 @@ func openReaderAt(ctx context.Context, r io.ReaderAt, fileSize int64, path strin
 	}
 	img.creator = decodeUTF16(id[8:])
 
-	h, err := currentHeader(r, path)
+	h, hOff, err := currentHeader(r, path)
 	if err != nil {
 		return nil, err
 	}
 	img.hdr = h
 	if h.Version != 1 {
-		return nil, errorf(path, header1Offset, "unsupported VHDX version %d", h.Version)
+		return nil, errorf(path, hOff, "unsupported VHDX version %d", h.Version)
 	}
 	img.src = &source{r: r, size: fileSize}
 	if !h.LogGUID.IsZero() && !opts.noReplay {
-		ov, err := replayLog(r, fileSize, h, path)
+		ov, err := replayLog(r, fileSize, h, hOff, path)
 		if err != nil {
 			return nil, err
 		}
@@ -222,7 +224,7 @@ func openReaderAt(ctx context.Context, r io.ReaderAt, fileSize int64, path strin
 // currentHeader picks the header in use: the only valid one, or the valid
 // one with the larger sequence number. Equal numbers are accepted only
 // when the headers are identical (Disk2vhd writes them that way).
-func currentHeader(r io.ReaderAt, path string) (header, error) {
+func currentHeader(r io.ReaderAt, path string) (header, int64, error) {
 	b1 := make([]byte, headerSize)
 	b2 := make([]byte, headerSize)
 	e1 := readFull(r, b1, header1Offset)
@@ -235,19 +237,19 @@ func currentHeader(r io.ReaderAt, path string) (header, error) {
 	case ok1 && ok2:
 		switch {
 		case h1.Seq > h2.Seq:
-			return h1, nil
+			return h1, header1Offset, nil
 		case h2.Seq > h1.Seq:
-			return h2, nil
+			return h2, header2Offset, nil
 		case bytes.Equal(b1, b2):
-			return h1, nil
+			return h1, header1Offset, nil
 		}
-		return header{}, errorf(path, header1Offset, "both headers are valid with sequence number %d but differ: no current header", h1.Seq)
+		return header{}, 0, errorf(path, header1Offset, "both headers are valid with sequence number %d but differ: no current header", h1.Seq)
 	case ok1:
-		return h1, nil
+		return h1, header1Offset, nil
 	case ok2:
-		return h2, nil
+		return h2, header2Offset, nil
 	}
-	return header{}, errorf(path, header1Offset, "no valid header: both headers (at %d and %d) have a bad signature or CRC-32C", header1Offset, header2Offset)
+	return header{}, 0, errorf(path, header1Offset, "no valid header: both headers (at %d and %d) have a bad signature or CRC-32C", header1Offset, header2Offset)
 }
 
 // readRegions reads the region table, falling back to its second copy

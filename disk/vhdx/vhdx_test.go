@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 
 	"lifeboat/disk"
@@ -301,5 +303,83 @@ func TestIDRoundTrip(t *testing.T) {
 	}
 	if d.Creator != creatorName || d.LogicalSectorSize != 512 || d.PhysicalSectorSize != 4096 || d.LogReplayed {
 		t.Errorf("details %+v", d)
+	}
+}
+
+// TestConcurrent writes and reads from many goroutines at once (run with
+// -race): backups read an image in parallel, and restores write in
+// parallel.
+func TestConcurrent(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	const size = 32 * mib
+	for _, diff := range []bool{false, true} {
+		path := filepath.Join(dir, fmt.Sprintf("c%v.vhdx", diff))
+		opts := disk.CreateOptions{Size: size, ClusterSize: mib}
+		if diff {
+			opts.ParentPath, opts.ParentID = "p.vhdx", "0f0e0d0c-0b0a-0908-0706-050403020100"
+		}
+		w, err := Create(ctx, path, opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref := make([]byte, size)
+		var wg sync.WaitGroup
+		for g := range 8 {
+			// Each goroutine owns every 8th 64 KiB piece, so pieces of
+			// one block come from different goroutines.
+			wg.Go(func() {
+				for off := int64(g) * 64 * kib; off < size; off += 8 * 64 * kib {
+					if (off/(64*kib))%3 == 0 {
+						continue // leave holes
+					}
+					p := pattern(byte(off>>16), 64*kib)
+					copy(ref[off:], p)
+					if _, err := w.WriteAt(p, off); err != nil {
+						t.Error(err)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		if err := w.Close(); err != nil {
+			t.Fatal(err)
+		}
+		img, err := openFile(ctx, path, nil, options{noParent: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for g := range 4 {
+			wg.Go(func() {
+				buf := make([]byte, 3*mib+512)
+				for off := int64(g) * 512; off+int64(len(buf)) <= size; off += 5 * mib {
+					if _, err := img.ReadAt(buf, off); err != nil {
+						t.Error(err)
+						return
+					}
+					if diff {
+						continue // holes read from the (absent) parent
+					}
+					if !bytes.Equal(buf, ref[off:off+int64(len(buf))]) {
+						t.Errorf("read at %d differs", off)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		own, err := img.Extents(ctx, 0, size)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var defined int64
+		for _, e := range own {
+			if e.Kind == disk.Data {
+				defined += e.Length
+			}
+		}
+		if want := int64(size / 3 * 2); diff && (defined < want-128*kib || defined > want+128*kib) {
+			t.Errorf("differencing layer defines %d bytes, wrote about %d", defined, want)
+		}
+		img.Close()
 	}
 }
