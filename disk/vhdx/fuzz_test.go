@@ -1,7 +1,6 @@
 package vhdx
 
 import (
-	"fmt"
 	"bytes"
 	"compress/bzip2"
 	"compress/gzip"
@@ -285,12 +284,7 @@ func FuzzOpen(f *testing.F) {
 	for _, name := range []string{"vhdx-log-replay.vhdx", "iotest-dirtylog-10G-4M.vhdx", "differencing.avhdx", "test-disk2vhd.vhdx", "iotest-dynamic-1G.vhdx", "fixed.vhdx"} {
 		f.Add(encodeSparse(fixtureSeed(f, name), 8*mib))
 	}
-	var cnt int
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cnt++
-		if cnt%1000 == 0 {
-			os.WriteFile(fmt.Sprintf("/tmp/vhdx-cnt-%s-%d.txt", "FuzzOpen", os.Getpid()), []byte(fmt.Sprint(cnt)), 0o644)
-		}
 		s := decodeSparse(data)
 		if s == nil {
 			return
@@ -318,12 +312,7 @@ func FuzzLogReplay(f *testing.F) {
 		log := bytes.TrimRight(b[h.LogOffset:h.LogOffset+uint64(h.LogLength)], "\x00")
 		f.Add(append(h.LogGUID[:], log...))
 	}
-	var cnt int
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cnt++
-		if cnt%1000 == 0 {
-			os.WriteFile(fmt.Sprintf("/tmp/vhdx-cnt-%s-%d.txt", "FuzzLogReplay", os.Getpid()), []byte(fmt.Sprint(cnt)), 0o644)
-		}
 		if len(data) < 16+logSector {
 			return
 		}
