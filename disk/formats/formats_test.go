@@ -17,7 +17,7 @@ func TestDetect(t *testing.T) {
 	dir := t.TempDir()
 	cases := []struct {
 		name, qemuFmt, opts string
-		want              disk.Format
+		want                disk.Format
 	}{
 		{"a.img", "vpc", "subformat=fixed,force_size=on", disk.VHD},
 		{"b.raw", "qcow2", "", disk.QCOW2},
