@@ -63,6 +63,11 @@ func Run(ctx context.Context, r *repo.Repository, src *Source, opts Options) (*r
 		return nil, err
 	}
 	start := now()
+	if opts.Config == nil && src.VM != nil {
+		if opts.Config, err = json.Marshal(src.VM); err != nil {
+			return nil, err
+		}
+	}
 	pt := &repo.Point{
 		Version: 1, ID: repo.NewPointID(start), Name: opts.Name, Kind: src.Kind,
 		Time: start.UTC(), Host: host, Consistency: cons, Config: opts.Config, Notes: opts.Notes,

@@ -7,6 +7,7 @@ package backup
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -17,7 +18,9 @@ import (
 
 	"lifeboat/disk"
 	"lifeboat/disk/formats"
+	"lifeboat/hypervisor/hyperv"
 	"lifeboat/repo"
+	"lifeboat/vmconfig"
 )
 
 // File is one file of a source.
@@ -40,6 +43,8 @@ type Source struct {
 	Root  string
 	Kind  string // "image" or "vm"
 	Files []File
+	// VM is the parsed configuration of a VM folder, when it has one.
+	VM *vmconfig.VM
 }
 
 // Scan classifies path: a regular file is an image (with any parent
@@ -182,5 +187,27 @@ func scanFolder(ctx context.Context, root string) (*Source, error) {
 		}
 	}
 	sort.Slice(src.Files, func(i, j int) bool { return src.Files[i].Path < src.Files[j].Path })
+	// A Hyper-V layout's configuration must parse: a point whose VM
+	// cannot be rebuilt is worse than a failed backup that says why.
+	if l, err := hyperv.OpenLayout(abs); err == nil {
+		vm, _, err := l.VM()
+		if err != nil {
+			return nil, fmt.Errorf("scan VM folder %s: configuration %s: %w", abs, l.Config, err)
+		}
+		src.VM = &vm
+	} else if !errors.Is(err, hyperv.ErrNotFound) {
+		return nil, fmt.Errorf("scan VM folder %s: %w", abs, err)
+	} else {
+		// No configuration parsed; one that Hyper-V's layout says is
+		// there but does not parse must be named, not skipped.
+		for _, f := range src.Files {
+			dir := strings.ToLower(filepath.ToSlash(filepath.Dir(f.Path)))
+			if f.Role == repo.RoleConfig && dir == "virtual machines" {
+				if _, err := hyperv.ReadFile(f.Abs); err != nil {
+					return nil, fmt.Errorf("scan VM folder %s: configuration %s does not parse: %w", abs, f.Path, err)
+				}
+			}
+		}
+	}
 	return src, nil
 }

@@ -58,9 +58,10 @@ func lb(t *testing.T, repoDir string, wantFail bool, args ...string) string {
 }
 
 type pointOut struct {
-	ID    string `json:"id"`
-	Name  string `json:"name"`
-	Files []struct {
+	ID     string          `json:"id"`
+	Name   string          `json:"name"`
+	Config json.RawMessage `json:"config"`
+	Files  []struct {
 		Path   string `json:"path"`
 		Role   string `json:"role"`
 		Format string `json:"format"`

@@ -111,13 +111,15 @@ func readChangeMap(path string, src *backup.Source) (map[string][]disk.Extent, e
 }
 
 type pointJSON struct {
-	ID          string     `json:"id"`
-	Name        string     `json:"name"`
-	Kind        string     `json:"kind"`
-	Time        time.Time  `json:"time"`
-	Host        string     `json:"host"`
-	Consistency string     `json:"consistency"`
-	Files       []fileJSON `json:"files"`
+	ID          string          `json:"id"`
+	Name        string          `json:"name"`
+	Kind        string          `json:"kind"`
+	Time        time.Time       `json:"time"`
+	Host        string          `json:"host"`
+	Consistency string          `json:"consistency"`
+	Files       []fileJSON      `json:"files"`
+	Config      json.RawMessage `json:"config,omitempty"`
+	Notes       []string        `json:"notes,omitempty"`
 }
 
 type fileJSON struct {
@@ -152,7 +154,7 @@ func cmdPoints(ctx context.Context, e *env, args []string) error {
 		if *name != "" && p.Name != *name {
 			continue
 		}
-		pj := pointJSON{ID: p.ID, Name: p.Name, Kind: p.Kind, Time: p.Time, Host: p.Host, Consistency: p.Consistency, Files: []fileJSON{}}
+		pj := pointJSON{ID: p.ID, Name: p.Name, Kind: p.Kind, Time: p.Time, Host: p.Host, Consistency: p.Consistency, Files: []fileJSON{}, Config: p.Config, Notes: p.Notes}
 		for _, f := range p.Files {
 			pj.Files = append(pj.Files, fileJSON{Path: f.Path, Role: f.Role, Format: f.Format(), Size: f.Size, Parent: f.Parent})
 		}

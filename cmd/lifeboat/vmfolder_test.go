@@ -3,15 +3,18 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"io"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"lifeboat/disk"
 	"lifeboat/disk/formats"
 	"lifeboat/internal/testenv"
+	"lifeboat/vmconfig"
 )
 
 // writeLayer creates a disk with the formats package and fills ranges.
@@ -129,6 +132,16 @@ func TestHyperVFolder(t *testing.T) {
 		}
 	}
 
+	// The parsed configuration travels with the point.
+	var cfg vmconfig.VM
+	if err := json.Unmarshal(pts[0].Config, &cfg); err != nil {
+		t.Fatalf("point config: %v (%s)", err, pts[0].Config)
+	}
+	if cfg.Name != "2012R2" || cfg.CPUs != 1 || cfg.MemoryMiB != 1024 || len(cfg.NICs) != 1 ||
+		cfg.NICs[0].MAC != "00:15:5d:01:07:dc" || len(cfg.Disks) == 0 || !strings.HasSuffix(cfg.Disks[0].Path, `hyperv\disk.vhd`) {
+		t.Errorf("parsed config does not match vm.XML: %+v", cfg)
+	}
+
 	// Same names, same formats, chain intact and re-linked by identity.
 	out := filepath.Join(dir, "restored")
 	lb(t, repoDir, false, "restore", "--point", pts[0].ID, "--to", out)
@@ -184,5 +197,15 @@ func TestHyperVFolder(t *testing.T) {
 	res := lb(t, repoDir, false, "backup", "--name", "2012R2", "--json", vm)
 	if !bytes.Contains([]byte(res), []byte(`"bytes_read":0`)) {
 		t.Errorf("unchanged folder was read again: %s", res)
+	}
+
+	// A configuration that does not parse fails the backup, naming it.
+	os.WriteFile(filepath.Join(vm, "Virtual Machines", guid+".xml"), xml[:len(xml)/2], 0o644)
+	msg := lb(t, repoDir, true, "backup", "--name", "2012R2", vm)
+	if !strings.Contains(msg, guid+".xml") {
+		t.Errorf("broken config: %s", msg)
+	}
+	if n := len(points(t, repoDir)); n != 2 {
+		t.Errorf("%d points after a failed backup, want 2", n)
 	}
 }
