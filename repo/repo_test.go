@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -49,7 +51,9 @@ func rawImage(t *testing.T, size int64, regions map[int64][]byte) (disk.Image, [
 		t.Fatal(err)
 	}
 	ref := make([]byte, size)
-	for off, data := range regions {
+	// Later offsets win where regions overlap, whatever the map order.
+	for _, off := range slices.Sorted(maps.Keys(regions)) {
+		data := regions[off]
 		if _, err := f.WriteAt(data, off); err != nil {
 			t.Fatal(err)
 		}
