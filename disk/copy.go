@@ -19,6 +19,13 @@ type CopyOptions struct {
 	Progress func(done int64)
 }
 
+// ConcurrentWriter is implemented by writers whose WriteAt may be called
+// from several goroutines at once for disjoint ranges (raw files): Copy
+// then lets every reader write its own pieces.
+type ConcurrentWriter interface {
+	ConcurrentWrites() bool
+}
+
 // Copy writes the given ranges of src into dst at the same offsets: Data
 // ranges with src's bytes, Zero ranges with zeros (so a differencing layer
 // hides its parent there), Unallocated ranges not at all.
@@ -73,23 +80,33 @@ func Copy(ctx context.Context, dst io.WriterAt, src io.ReaderAt, ranges []Extent
 		}
 		return nil
 	})
+	direct := false
+	if cw, ok := dst.(ConcurrentWriter); ok {
+		direct = cw.ConcurrentWrites()
+	}
 	for range readers {
 		g.Go(func() error {
 			for j := range work {
 				b := j.buf[:j.n]
+				var err error
 				if j.zero {
 					clear(b)
-					j.done <- nil
-					continue
+				} else {
+					var n int
+					n, err = src.ReadAt(b, j.off)
+					if int64(n) == j.n {
+						err = nil
+					} else if err == nil || err == io.EOF {
+						err = fmt.Errorf("short read: %d of %d bytes", n, j.n)
+					}
+					if err != nil {
+						err = fmt.Errorf("read %d bytes at offset %d: %w", j.n, j.off, err)
+					}
 				}
-				n, err := src.ReadAt(b, j.off)
-				if int64(n) == j.n {
-					err = nil
-				} else if err == nil || err == io.EOF {
-					err = fmt.Errorf("short read: %d of %d bytes", n, j.n)
-				}
-				if err != nil {
-					err = fmt.Errorf("read %d bytes at offset %d: %w", j.n, j.off, err)
+				if err == nil && direct {
+					if _, werr := dst.WriteAt(b, j.off); werr != nil {
+						err = fmt.Errorf("write %d bytes at offset %d: %w", j.n, j.off, werr)
+					}
 				}
 				j.done <- err
 			}
@@ -108,8 +125,10 @@ func Copy(ctx context.Context, dst io.WriterAt, src io.ReaderAt, ranges []Extent
 			if err != nil {
 				return err
 			}
-			if _, err := dst.WriteAt(j.buf[:j.n], j.off); err != nil {
-				return fmt.Errorf("write %d bytes at offset %d: %w", j.n, j.off, err)
+			if !direct {
+				if _, err := dst.WriteAt(j.buf[:j.n], j.off); err != nil {
+					return fmt.Errorf("write %d bytes at offset %d: %w", j.n, j.off, err)
+				}
 			}
 			free <- j.buf
 			done += j.n

@@ -107,6 +107,10 @@ func (r *Repository) SaveIndex(ctx context.Context, x *Index) (ID, error) {
 	if err != nil {
 		return ID{}, err
 	}
+	// The chunks the index names must be durable before it is.
+	if err := r.b.Flush(ctx); err != nil {
+		return ID{}, fmt.Errorf("save index: %w", err)
+	}
 	id := r.codec.sum(plain)
 	key := indexKey(id)
 	obj, err := r.codec.seal(typeIndex, key, plain, true)

@@ -149,7 +149,7 @@ func (r *Repository) WriteImage(ctx context.Context, img disk.Image, opts WriteO
 	for range uploaders {
 		g.Go(func() error {
 			for u := range uploads {
-				if err := r.b.Put(gctx, chunkKey(u.id), *u.obj); err != nil {
+				if err := r.b.Stage(gctx, chunkKey(u.id), *u.obj); err != nil {
 					return fmt.Errorf("store chunk of slot %d (offset %d): %w", u.slot, u.slot*cs, err)
 				}
 				r.remember(u.id)

@@ -172,10 +172,12 @@ func (w *Writer) WriteAt(p []byte, off int64) (int, error) {
 	}
 	end := off + int64(len(p))
 	if !allZero(p) {
+		// pwrite needs no lock; marking first is safe because a failed
+		// write fails the whole image.
+		w.mark(off, end)
+		w.mu.Unlock()
 		n, err := w.f.WriteAt(p, off)
-		if n > 0 {
-			w.mark(off, off+int64(n))
-		}
+		w.mu.Lock()
 		return n, err
 	}
 	if !w.device && !w.overlaps(off, end) {
@@ -203,6 +205,10 @@ func (w *Writer) overlaps(start, end int64) bool {
 	i := sort.Search(len(w.written), func(i int) bool { return w.written[i].end > start })
 	return i < len(w.written) && w.written[i].start < end
 }
+
+// ConcurrentWrites tells disk.Copy that WriteAt may be called from
+// several goroutines at once for disjoint ranges.
+func (w *Writer) ConcurrentWrites() bool { return true }
 
 // Close fsyncs and closes the file.
 func (w *Writer) Close() error {

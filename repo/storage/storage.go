@@ -31,6 +31,14 @@ type Backend interface {
 	// harmlessly, and callers that need exclusivity use unique keys. The
 	// object is durable when Put returns; readers never see a partial one.
 	Put(ctx context.Context, key string, data []byte) error
+	// Stage is Put for the many objects of a backup: the object becomes
+	// visible and durable no later than the next Flush returns, so a
+	// backend can make a whole batch durable at once. Backends without
+	// such a saving implement it as Put. Callers Flush before they write
+	// anything that names a staged object.
+	Stage(ctx context.Context, key string, data []byte) error
+	// Flush makes every staged object visible and durable.
+	Flush(ctx context.Context) error
 	// Get returns the whole object, or an error wrapping ErrNotFound.
 	Get(ctx context.Context, key string) ([]byte, error)
 	// Stat describes an object, or returns an error wrapping ErrNotFound.

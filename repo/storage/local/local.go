@@ -14,6 +14,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 
 	"lifeboat/repo/storage"
 )
@@ -21,7 +22,23 @@ import (
 // Backend is a folder-backed storage.Backend.
 type Backend struct {
 	root string
+
+	mu          sync.Mutex
+	staged      []stagedObject
+	stagedBytes int64
 }
+
+// stagedObject is written to a temp file but not yet durable or linked.
+type stagedObject struct {
+	tmp, final string
+}
+
+// A batch is flushed when it grows this large, bounding what a crash
+// throws away and how much dirty page cache one flush must write.
+const (
+	flushObjects = 256
+	flushBytes   = 512 << 20
+)
 
 const tmpDir = "tmp"
 
@@ -60,9 +77,7 @@ func (b *Backend) Put(ctx context.Context, key string, data []byte) error {
 	if _, err := os.Lstat(final); err == nil {
 		return nil
 	}
-	var rnd [8]byte
-	rand.Read(rnd[:])
-	tmp := filepath.Join(b.root, tmpDir, hex.EncodeToString(rnd[:]))
+	tmp := b.tempName()
 	if err := writeSync(tmp, data); err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("put %s: %w", key, err)
@@ -82,7 +97,84 @@ func (b *Backend) Put(ctx context.Context, key string, data []byte) error {
 	return syncDir(dir)
 }
 
-func writeSync(path string, data []byte) error {
+// Stage writes the object to a temp file without fsync; Flush then makes
+// the whole batch durable with one filesystem sync and links it into
+// place. An object is never visible before it is durable.
+func (b *Backend) Stage(ctx context.Context, key string, data []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	final, err := b.path(key)
+	if err != nil {
+		return err
+	}
+	if _, err := os.Lstat(final); err == nil {
+		return nil
+	}
+	tmp := b.tempName()
+	if err := writeFile(tmp, data, false); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("stage %s: %w", key, err)
+	}
+	b.mu.Lock()
+	b.staged = append(b.staged, stagedObject{tmp: tmp, final: final})
+	b.stagedBytes += int64(len(data))
+	full := len(b.staged) >= flushObjects || b.stagedBytes >= flushBytes
+	b.mu.Unlock()
+	if full {
+		return b.Flush(ctx)
+	}
+	return nil
+}
+
+// Flush syncs the staged temp files, links them into place and syncs
+// their folders.
+func (b *Backend) Flush(ctx context.Context) error {
+	b.mu.Lock()
+	batch := b.staged
+	b.staged, b.stagedBytes = nil, 0
+	b.mu.Unlock()
+	if len(batch) == 0 {
+		return nil
+	}
+	defer func() {
+		for _, o := range batch {
+			os.Remove(o.tmp)
+		}
+	}()
+	if err := syncFiles(b.root, batch); err != nil {
+		return fmt.Errorf("flush %d objects in %s: %w", len(batch), b.root, err)
+	}
+	dirs := map[string]bool{}
+	for _, o := range batch {
+		dir := filepath.Dir(o.final)
+		if !dirs[dir] {
+			if err := os.MkdirAll(dir, 0o700); err != nil {
+				return err
+			}
+			dirs[dir] = true
+		}
+		if err := os.Link(o.tmp, o.final); err != nil && !errors.Is(err, fs.ErrExist) {
+			return fmt.Errorf("flush %s: %w", o.final, err)
+		}
+	}
+	for dir := range dirs {
+		if err := syncDir(dir); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (b *Backend) tempName() string {
+	var rnd [8]byte
+	rand.Read(rnd[:])
+	return filepath.Join(b.root, tmpDir, hex.EncodeToString(rnd[:]))
+}
+
+func writeSync(path string, data []byte) error { return writeFile(path, data, true) }
+
+func writeFile(path string, data []byte, sync bool) error {
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return err
@@ -91,9 +183,11 @@ func writeSync(path string, data []byte) error {
 		f.Close()
 		return err
 	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
+	if sync {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
 	}
 	return f.Close()
 }

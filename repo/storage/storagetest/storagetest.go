@@ -39,6 +39,28 @@ func Run(t *testing.T, newBackend func(t *testing.T) storage.Backend) {
 			}
 		}
 	})
+	t.Run("StageFlush", func(t *testing.T) {
+		b := newBackend(t)
+		for i := range 300 { // past any batch threshold
+			if err := b.Stage(ctx, fmt.Sprintf("chunks/%02x/s%d", i%7, i), []byte{byte(i)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.Flush(ctx); err != nil {
+			t.Fatal(err)
+		}
+		n := 0
+		b.List(ctx, "chunks/", func(storage.ObjectInfo) error { n++; return nil })
+		if n != 300 {
+			t.Fatalf("%d objects visible after Flush, want 300", n)
+		}
+		if got, err := b.Get(ctx, "chunks/05/s299"); err != nil || len(got) != 1 || got[0] != byte(299%256) {
+			t.Fatalf("staged object: %v %v", got, err)
+		}
+		if err := b.Flush(ctx); err != nil {
+			t.Fatalf("empty flush: %v", err)
+		}
+	})
 	t.Run("NotFound", func(t *testing.T) {
 		b := newBackend(t)
 		if _, err := b.Get(ctx, "points/none"); !errors.Is(err, storage.ErrNotFound) {
