@@ -1,0 +1,180 @@
+package catalog_test
+
+import (
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"lifeboat/catalog"
+	"lifeboat/catalog/catalogtest"
+	"lifeboat/internal/testenv"
+)
+
+func TestSQLite(t *testing.T) {
+	catalogtest.Run(t, func(t *testing.T) *catalog.Catalog {
+		c, err := catalog.Open(context.Background(), filepath.Join(t.TempDir(), "catalog.db"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	})
+}
+
+func TestPostgres(t *testing.T) {
+	dsn := postgresDSN(t)
+	catalogtest.Run(t, func(t *testing.T) *catalog.Catalog {
+		return openSchema(t, dsn, freshSchema(t, dsn))
+	})
+}
+
+// Reopening an existing catalog applies no migration and keeps the data.
+func TestReopen(t *testing.T) {
+	ctx := context.Background()
+	check := func(t *testing.T, open func() *catalog.Catalog) {
+		c := open()
+		if _, err := c.CreateCluster(ctx, catalog.Cluster{Name: "kept"}); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		c = open()
+		if n, err := c.Migrate(ctx); err != nil || n != 0 {
+			t.Fatalf("migrate on reopen: %d, %v", n, err)
+		}
+		if _, err := c.ClusterByName(ctx, "kept"); err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+	}
+	t.Run("SQLite", func(t *testing.T) {
+		path := "sqlite://" + filepath.Join(t.TempDir(), "c.db")
+		check(t, func() *catalog.Catalog {
+			c, err := catalog.Open(ctx, path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		})
+	})
+	t.Run("Postgres", func(t *testing.T) {
+		dsn := postgresDSN(t)
+		schema := freshSchema(t, dsn)
+		check(t, func() *catalog.Catalog {
+			c, err := catalog.Open(ctx, withSchema(dsn, schema))
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c
+		})
+	})
+}
+
+func TestOpenErrors(t *testing.T) {
+	ctx := context.Background()
+	for _, dsn := range []string{"", "sqlite://", "/nonexistent/dir/c.db", "c.db?_pragma=x"} {
+		if c, err := catalog.Open(ctx, dsn); err == nil {
+			c.Close()
+			t.Errorf("Open(%q) succeeded", dsn)
+		}
+	}
+}
+
+var (
+	pgOnce sync.Once
+	pgDSN  string
+	pgErr  string
+	pgStop bool
+)
+
+// postgresDSN is $LIFEBOAT_PG_DSN, or a private server started with
+// scripts/postgres.sh (as root or under CI; skipped otherwise). A server
+// the tests started is stopped when they end.
+func postgresDSN(t *testing.T) string {
+	t.Helper()
+	if d := os.Getenv("LIFEBOAT_PG_DSN"); d != "" {
+		return d
+	}
+	ci := os.Getenv("CI") != ""
+	if os.Geteuid() != 0 && !ci {
+		t.Skip("PostgreSQL: set LIFEBOAT_PG_DSN, or run as root to start one with scripts/postgres.sh")
+	}
+	pgOnce.Do(func() {
+		script := filepath.Join(testenv.RepoRoot(t), "scripts", "postgres.sh")
+		if exec.Command("bash", script, "status").Run() != nil {
+			pgStop = true
+		}
+		cmd := exec.Command("bash", script, "start")
+		var stderr strings.Builder
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			pgErr = "scripts/postgres.sh start: " + err.Error() + "\n" + stderr.String()
+			return
+		}
+		lines := strings.Fields(strings.TrimSpace(string(out)))
+		if len(lines) == 0 {
+			pgErr = "scripts/postgres.sh start printed no DSN"
+			return
+		}
+		pgDSN = lines[len(lines)-1]
+	})
+	if pgErr != "" {
+		t.Fatal(pgErr)
+	}
+	return pgDSN
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if pgStop {
+		script := filepath.Join("..", "scripts", "postgres.sh")
+		exec.Command("bash", script, "stop").Run()
+	}
+	os.Exit(code)
+}
+
+// freshSchema makes an empty schema for one test, dropped after it.
+func freshSchema(t *testing.T, dsn string) string {
+	t.Helper()
+	var b [6]byte
+	rand.Read(b[:])
+	schema := "lbtest_" + hex.EncodeToString(b[:])
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE SCHEMA ` + schema); err != nil {
+		db.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		db.Exec(`DROP SCHEMA ` + schema + ` CASCADE`)
+		db.Close()
+	})
+	return schema
+}
+
+func withSchema(dsn, schema string) string {
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	return dsn + sep + "search_path=" + schema
+}
+
+func openSchema(t *testing.T, dsn, schema string) *catalog.Catalog {
+	t.Helper()
+	c, err := catalog.Open(context.Background(), withSchema(dsn, schema))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
