@@ -81,7 +81,7 @@ if [ "$SPARSE" = 1 ]; then
 fi
 
 # --- measuring -----------------------------------------------------------------
-RES=$BENCH_DIR/results.txt   # lines: label run seconds rss_kib
+RES=$BENCH_DIR/results.txt   # lines: label run wall_ms rss_kib cpu_ms
 : >"$RES"
 # measure LABEL CMD...: runs CMD under /usr/bin/time -v, records wall and RSS.
 measure() {
@@ -94,18 +94,25 @@ measure() {
 		die "$label (run $run): $*"
 	fi
 	t1=$(date +%s%N)
-	local rss
+	local rss cpu
 	rss=$(awk -F': ' '/Maximum resident set size/ {print $2}' "$out.time")
-	echo "$label $run $(( (t1 - t0) / 1000000 )) $rss" >>"$RES"
-	log "$label: $(awk -v ms=$(( (t1 - t0) / 1000000 )) 'BEGIN{printf "%.2f s", ms/1000}'), $((rss / 1024)) MiB"
+	cpu=$(awk -F': ' '/User time|System time/ {s += $2} END {printf "%d", s*1000}' "$out.time")
+	echo "$label $run $(( (t1 - t0) / 1000000 )) $rss $cpu" >>"$RES"
+	log "$label: $(awk -v ms=$(( (t1 - t0) / 1000000 )) -v c=$cpu 'BEGIN{printf "%.2f s wall, %.2f s CPU", ms/1000, c/1000}'), $((rss / 1024)) MiB"
 }
-record() { echo "$1 $run $2 0" >>"$RES"; } # record LABEL VALUE (a size)
+record() { echo "$1 $run $2 0 0" >>"$RES"; } # record LABEL VALUE (a size)
 size_of() { du -sb "$1" | cut -f1; }
 point_of() { sed -n 's/.*"point":"\([^"]*\)".*/\1/p' "$BENCH_DIR/log/$1.$run.out"; }
 
 LOAD_BEFORE=$(uptime | sed 's/.*load average: //')
 STARTED=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 log "load before: $LOAD_BEFORE"
+# Sample the 1-minute load every 5 s while the runs go on.
+LOADS=$BENCH_DIR/loadavg.txt
+: >"$LOADS"
+( while :; do cut -d' ' -f1 /proc/loadavg >>"$LOADS"; sleep 5; done ) &
+SAMPLER=$!
+trap 'kill $SAMPLER 2>/dev/null || true' EXIT
 
 for run in $(seq 1 "$RUNS"); do
 	log "=== run $run of $RUNS"
@@ -181,7 +188,9 @@ for run in $(seq 1 "$RUNS"); do
 done
 rm -f "$SRC"
 LOAD_AFTER=$(uptime | sed 's/.*load average: //')
-log "load after: $LOAD_AFTER"
+kill $SAMPLER 2>/dev/null || true
+LOAD_DURING=$(sort -n "$LOADS" | awk '{v[NR]=$1; s+=$1} END {if (NR) printf "min %.1f, median %.1f, max %.1f", v[1], v[int((NR+1)/2)], v[NR]}')
+log "load after: $LOAD_AFTER; 1-min load during the runs: $LOAD_DURING"
 
 # --- report --------------------------------------------------------------------
 # med LABEL: median of column 3 over the runs.
@@ -191,6 +200,11 @@ med() {
 medrss() {
 	awk -v l="$1" '$1==l {print $4}' "$RES" | sort -n | awk '{v[NR]=$1} END {if (NR==0) {print "NA"; exit} if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
 }
+medcpu() {
+	awk -v l="$1" '$1==l {print $5}' "$RES" | sort -n | awk '{v[NR]=$1} END {if (NR==0) {print "NA"; exit} if (NR%2) print v[(NR+1)/2]; else print (v[NR/2]+v[NR/2+1])/2}'
+}
+# tm LABEL: "wall s (CPU s)"
+tm() { local w; w=$(med "$1"); [ "$w" = NA ] && { echo "–"; return; }; echo "$(sec "$w") (CPU $(sec "$(medcpu "$1")"))"; }
 maxrss() { awk -v l="$1" '$1==l && $4>m {m=$4} END {print m+0}' "$RES"; }
 samples() { awk -v l="$1" '$1==l {printf "%s%.2f", (n++ ? ", " : ""), $3/1000}' "$RES"; }
 sec() { awk -v v="$1" 'BEGIN{ if (v=="NA") print "–"; else printf "%.2f s", v/1000}'; }
@@ -216,38 +230,40 @@ report() {
 ## $(date -u +%Y-%m-%d) — lifeboat $commit$dirty vs restic $RESTIC_VERSION
 
 - Started $STARTED, $RUNS run(s), medians; $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(df -T "$BENCH_DIR" | awk 'NR==2 {print $2}') under $BENCH_DIR; $(go version | awk '{print $3}').
-- Load average (1, 5, 15 min) before: $LOAD_BEFORE; after: $LOAD_AFTER.
+- Load average (1, 5, 15 min) before: $LOAD_BEFORE; after: $LOAD_AFTER; 1-minute load sampled every 5 s during the runs: $LOAD_DURING (this benchmark alone accounts for about 2).
 - Incremental: $WRITES scattered 1 MiB random writes. restic flags: backup ${restic_backup_flags[*]:-(none; no --no-scan in this version)}, restore ${restic_restore_flags[*]:-(none; no --sparse in this version)}.
 ${BENCH_NOTE:+- $BENCH_NOTE
 }
+Times are wall clock (median), with the process's user + system CPU time beside them; the ratio column compares wall times or sizes.
+
 | measure | lifeboat | restic | lifeboat / restic |
 |---|---|---|---|
-| full backup | $(sec $lb_full) | $(sec $restic_full) | $(ratio $lb_full $restic_full) |
-| full backup, SHA-256 repository | $(sec $lbsha_full) | | $(ratio $lbsha_full $restic_full) |
+| full backup | $(tm lb_full) | $(tm restic_full) | $(ratio $lb_full $restic_full) |
+| full backup, SHA-256 repository | $(tm lbsha_full) | | $(ratio $lbsha_full $restic_full) |
 | repository after full | $(mb $lb_repo) | $(mb $restic_repo) | $(ratio $lb_repo $restic_repo) |
 | repository after full, SHA-256 | $(mb $lbsha_repo) | | |
-| incremental, change map | $(sec $lb_incr_map) | $(sec $restic_incr) | $(ratio $lb_incr_map $restic_incr) |
-| incremental, no change map (reads all) | $(sec $lb_incr_nomap) | | $(ratio $lb_incr_nomap $restic_incr) |
+| incremental, change map | $(tm lb_incr_map) | $(tm restic_incr) | $(ratio $lb_incr_map $restic_incr) |
+| incremental, no change map (reads all) | $(tm lb_incr_nomap) | | $(ratio $lb_incr_nomap $restic_incr) |
 | repository growth, change map | $(mb $lb_growth_map) | $(mb $restic_growth) | $(ratio $lb_growth_map $restic_growth) |
 | repository growth, no change map | $(mb $lb_growth_nomap) | | $(ratio $lb_growth_nomap $restic_growth) |
-| restore of the full point | $(sec $lb_restore) | $(sec $restic_restore) | $(ratio $lb_restore $restic_restore) |
+| restore of the full point | $(tm lb_restore) | $(tm restic_restore) | $(ratio $lb_restore $restic_restore) |
 | peak RSS, full backup | $(mib $(medrss lb_full)) | $(mib $(medrss restic_full)) | |
 | peak RSS, incremental (map / no map) | $(mib $(medrss lb_incr_map)) / $(mib $(medrss lb_incr_nomap)) | $(mib $(medrss restic_incr)) | |
 | peak RSS, restore | $(mib $(medrss lb_restore)) | $(mib $(medrss restic_restore)) | |
-| 2 TiB sparse: backup | $(sec $(med lb_big_backup)), $(mib $(medrss lb_big_backup)) | not run | |
-| 2 TiB sparse: restore | $(sec $(med lb_big_restore)), $(mib $(medrss lb_big_restore)) | not run | |
+| 2 TiB sparse: backup | $(tm lb_big_backup), $(mib $(medrss lb_big_backup)) | not run | |
+| 2 TiB sparse: restore | $(tm lb_big_restore), $(mib $(medrss lb_big_restore)) | not run | |
 
 | target | measured | met |
 |---|---|---|
-| full backup ≥ 3× faster than restic | $(ratio $restic_full $lb_full)× | $(pass "$(awk -v a=$restic_full -v b=$lb_full 'BEGIN{print (a >= 3*b)}')") |
+| full backup ≥ 3× faster than restic | $(ratio $restic_full $lb_full)× (CPU time $(ratio "$(medcpu restic_full)" "$(medcpu lb_full)")×) | $(pass "$(awk -v a=$restic_full -v b=$lb_full 'BEGIN{print (a >= 3*b)}')") |
 | repository after full ≤ restic's | $(ratio $lb_repo $restic_repo)× restic's | $(pass "$(awk -v a=$lb_repo -v b=$restic_repo 'BEGIN{print (a <= b)}')") |
-| incremental with change map < 10% of our full | $(awk -v a=$lb_incr_map -v b=$lb_full 'BEGIN{printf "%.1f%%", 100*a/b}') | $(pass "$(awk -v a=$lb_incr_map -v b=$lb_full 'BEGIN{print (a < 0.1*b)}')") |
-| restore ≥ 2× faster than restic | $(ratio $restic_restore $lb_restore)× | $(pass "$(awk -v a=$restic_restore -v b=$lb_restore 'BEGIN{print (a >= 2*b)}')") |
+| incremental with change map < 10% of our full | $(awk -v a=$lb_incr_map -v b=$lb_full 'BEGIN{printf "%.1f%%", 100*a/b}') (CPU time $(awk -v a="$(medcpu lb_incr_map)" -v b="$(medcpu lb_full)" 'BEGIN{printf "%.1f%%", 100*a/b}')) | $(pass "$(awk -v a=$lb_incr_map -v b=$lb_full 'BEGIN{print (a < 0.1*b)}')") |
+| restore ≥ 2× faster than restic | $(ratio $restic_restore $lb_restore)× (CPU time $(ratio "$(medcpu restic_restore)" "$(medcpu lb_restore)")×) | $(pass "$(awk -v a=$restic_restore -v b=$lb_restore 'BEGIN{print (a >= 2*b)}')") |
 | peak memory < 256 MiB (every lifeboat run, 2 TiB included) | $(mib $peak) | $(pass "$(awk -v p=$peak 'BEGIN{print (p < 256*1024)}')") |
 | repository growth ≤ restic's (DESIGN.md) | $(ratio $lb_growth_map $restic_growth)× restic's | $(pass "$(awk -v a=$lb_growth_map -v b=$restic_growth 'BEGIN{print (a <= b)}')") |
 
 Samples (s): lifeboat full $(samples lb_full); SHA-256 full $(samples lbsha_full); restic full $(samples restic_full); lifeboat incremental map $(samples lb_incr_map), no map $(samples lb_incr_nomap); restic incremental $(samples restic_incr); lifeboat restore $(samples lb_restore); restic restore $(samples restic_restore)$( [ "$SPARSE" = 1 ] && echo "; 2 TiB backup $(samples lb_big_backup), restore $(samples lb_big_restore)").
-Checked in run 1: restored full point = source (cmp) for both tools, restored incrementals (map and no map) = changed source, \`lifeboat verify\` passes ($(sec $(med lb_verify))); 2 TiB restore: same size, data ranges equal, sparse. Restored full image allocation: lifeboat $(mb $(med lb_restore_alloc)), restic $(mb $(med restic_restore_alloc)).
+Checked in run 1: restored full point = source (cmp) for both tools, restored incrementals (map and no map) = changed source, \`lifeboat verify\` passes ($(sec $(med lb_verify)))$( [ "$SPARSE" = 1 ] && echo "; 2 TiB restore: same size, data ranges equal, sparse"). Restored full image allocation: lifeboat $(mb $(med lb_restore_alloc)), restic $(mb $(med restic_restore_alloc)).
 
 EOF
 }
