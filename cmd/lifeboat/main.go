@@ -39,6 +39,7 @@ func commands() []command {
 		{"backup", "back up an image file or a VM folder", cmdBackup},
 		{"points", "list recovery points", cmdPoints},
 		{"restore", "restore a point into a folder", cmdRestore},
+		{"items", "item-level recovery: ls, find, extract files inside a point's disks", cmdItems},
 		{"verify", "re-hash every chunk and name the points a bad one affects", cmdVerify},
 		{"prune", "forget points by a retention policy", cmdPrune},
 		{"gc", "delete data no point references", cmdGC},
