@@ -1,0 +1,173 @@
+// Package lab gives integration tests the libvirt lab that lab/lab.sh
+// brings up: a system libvirtd (node0), two session daemons of unprivileged
+// users (node1, node2), a shared volume and base images with real NTFS and
+// ext4 filesystems. See lab/README.md.
+//
+// Tests call Start, which runs `lab.sh up` once per test binary (it is
+// idempotent and quick when the lab is already up) and holds a shared lock
+// on $LAB/.users while the binary runs. A TestMain that calls Stop after
+// m.Run takes the lab down when test binaries brought it up and no other
+// binary still uses it; a lab brought up by hand stays up.
+package lab
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"lifeboat/internal/testenv"
+)
+
+// Node is one libvirt host of the lab.
+type Node struct {
+	Name string `json:"name"`
+	// Mode is "system" or "session".
+	Mode string `json:"mode"`
+	// URI is the libvirt URI (qemu:///system?socket=… or
+	// qemu:///session?socket=…).
+	URI    string `json:"uri"`
+	Socket string `json:"socket"`
+	// User runs the node's daemon and its QEMU processes.
+	User string `json:"user"`
+	// Root is where this machine sees the node's files ("/proc/PID/root"
+	// for node0, whose libvirt folders are private bind mounts).
+	Root string `json:"root"`
+	// Disks is a folder for the node's own disks; Scratch one for
+	// backup scratch files and NBD sockets (writable by the node's QEMU).
+	Disks   string   `json:"disks"`
+	Scratch string   `json:"scratch"`
+	Pidfile string   `json:"pidfile"`
+	VMs     []string `json:"vms"`
+}
+
+// Lab is the description lab.sh writes to $LAB/lab.json.
+type Lab struct {
+	Dir         string `json:"dir"`
+	Shared      string `json:"shared"`
+	SharedGroup string `json:"shared_group"`
+	Images      struct {
+		NTFS string `json:"ntfs"`
+		EXT4 string `json:"ext4"`
+	} `json:"images"`
+	Nodes []Node `json:"nodes"`
+}
+
+// Node returns the node of that name; it panics on an unknown name.
+func (l *Lab) Node(name string) Node {
+	for _, n := range l.Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	panic("lab: no node " + name)
+}
+
+// Dir is the lab's folder: $LIFEBOAT_LAB or /var/tmp/lifeboat-lab.
+func Dir() string {
+	if d := os.Getenv("LIFEBOAT_LAB"); d != "" {
+		return d
+	}
+	return "/var/tmp/lifeboat-lab"
+}
+
+var (
+	mu       sync.Mutex
+	upped    bool
+	upErr    error
+	upLab    *Lab
+	upScript string
+	users    *os.File // shared lock on $LAB/.users while this process uses the lab
+)
+
+// startedMarker, present in the lab folder, says test binaries brought the
+// lab up, so the last of them to finish takes it down again.
+const startedMarker = ".started-by-tests"
+
+// Start brings the lab up (once per process) and returns its description.
+// It needs root: elsewhere the test is skipped, unless CI is set, when it
+// fails.
+func Start(t testing.TB) *Lab {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") != "" {
+			t.Fatal("the libvirt lab needs root")
+		}
+		t.Skip("the libvirt lab needs root")
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if !upped {
+		upped = true
+		upLab, upErr = up(testenv.RepoRoot(t))
+	}
+	if upErr != nil {
+		t.Fatal(upErr)
+	}
+	return upLab
+}
+
+func up(root string) (*Lab, error) {
+	upScript = filepath.Join(root, "lab", "lab.sh")
+	if err := os.MkdirAll(Dir(), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(filepath.Join(Dir(), ".users"), os.O_CREATE|os.O_RDWR, 0o644)
+	if err != nil {
+		return nil, err
+	}
+	if err := lockShared(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	users = f
+	var out bytes.Buffer
+	cmd := exec.Command("bash", upScript, "up")
+	cmd.Env = append(os.Environ(), "LIFEBOAT_LAB_BY_TESTS=1")
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return nil, fmt.Errorf("lab.sh up: %v\n%s", err, out.String())
+	}
+	return Load()
+}
+
+// Load reads $LAB/lab.json of a lab that is up.
+func Load() (*Lab, error) {
+	b, err := os.ReadFile(filepath.Join(Dir(), "lab.json"))
+	if err != nil {
+		return nil, fmt.Errorf("lab: %w (is the lab up? run lab/lab.sh up)", err)
+	}
+	var l Lab
+	if err := json.Unmarshal(b, &l); err != nil {
+		return nil, fmt.Errorf("lab: lab.json: %w", err)
+	}
+	return &l, nil
+}
+
+// Stop ends this process's use of the lab. When test binaries brought the
+// lab up and no other one still uses it, it takes the lab down. Call it
+// from TestMain after m.Run.
+func Stop() error {
+	mu.Lock()
+	defer mu.Unlock()
+	if users == nil {
+		return nil
+	}
+	defer func() { users.Close(); users = nil }()
+	if !tryLockExclusive(users) {
+		return nil // another test binary still uses the lab
+	}
+	marker := filepath.Join(Dir(), startedMarker)
+	if _, err := os.Stat(marker); err != nil {
+		return nil // someone else brought it up: leave it
+	}
+	out, err := exec.Command("bash", upScript, "down").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("lab.sh down: %v\n%s", err, out)
+	}
+	return nil
+}
