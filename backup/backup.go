@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -29,6 +30,9 @@ type Options struct {
 	Changed map[string][]disk.Extent
 	Config  json.RawMessage
 	Notes   []string
+	// checkpoint is the hypervisor checkpoint the point's incremental
+	// successor starts from (set by RunVM).
+	checkpoint string
 	// Now is the clock; time.Now by default.
 	Now func() time.Time
 	// Progress receives bytes processed out of the total.
@@ -75,6 +79,7 @@ func Run(ctx context.Context, r *repo.Repository, src *Source, opts Options) (*r
 	if prev != nil {
 		pt.Previous = prev.ID
 	}
+	pt.Checkpoint = opts.checkpoint
 	var total int64
 	for _, f := range src.Files {
 		if f.Disk != nil {
@@ -91,7 +96,7 @@ func Run(ctx context.Context, r *repo.Repository, src *Source, opts Options) (*r
 			}
 		})
 		if err != nil {
-			return nil, fmt.Errorf("backup %s: %s: %w", opts.Name, f.Abs, err)
+			return nil, fmt.Errorf("backup %s: %s: %w", opts.Name, cmp.Or(f.Abs, f.Path), err)
 		}
 		if f.Disk != nil {
 			base.Add(f.Disk.Size)
@@ -135,23 +140,25 @@ func backupFile(ctx context.Context, r *repo.Repository, f File, prev *repo.Poin
 	_, hasChanges := opts.Changed[f.Path]
 	// An untouched file (same size, mtime and disk identity) is the
 	// previous point's file: reuse its index without reading a byte.
-	if pf != nil && !hasChanges && pf.Size == f.Size && pf.ModTime.Equal(f.ModTime.UTC()) && sameDisk(pf.Disk, f.Disk) {
+	if f.Image == nil && pf != nil && !hasChanges && pf.Size == f.Size && pf.ModTime.Equal(f.ModTime.UTC()) && sameDisk(pf.Disk, f.Disk) {
 		out.Index = pf.Index
 		out.Stats = repo.Stats{BytesReused: f.Size}
 		progress(f.Size)
 		return out, nil
 	}
-	var img disk.Image
-	var err error
-	if f.Disk != nil {
-		img, err = formats.OpenAs(ctx, f.Abs, f.Disk.Format)
-	} else {
-		img, err = raw.Open(ctx, f.Abs, nil)
+	img := f.Image
+	if img == nil {
+		var err error
+		if f.Disk != nil {
+			img, err = formats.OpenAs(ctx, f.Abs, f.Disk.Format)
+		} else {
+			img, err = raw.Open(ctx, f.Abs, nil)
+		}
+		if err != nil {
+			return nil, err
+		}
+		defer img.Close()
 	}
-	if err != nil {
-		return nil, err
-	}
-	defer img.Close()
 	wo := repo.WriteOptions{Layer: f.Parent != "", Progress: progress}
 	if pf != nil && hasChanges {
 		id, err := repo.ParseID(pf.Index)

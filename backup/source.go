@@ -36,6 +36,9 @@ type File struct {
 	// Disk is set for disk images; Parent is the Path of the parent layer.
 	Disk   *disk.Info
 	Parent string
+	// Image, when set, is read instead of Abs: a hypervisor's view of a
+	// disk at the snapshot moment, or captured bytes. The caller owns it.
+	Image disk.Image
 }
 
 // Source is what one backup reads.

@@ -28,7 +28,10 @@ type Point struct {
 	Consistency string `json:"consistency"`
 	// Previous is the point whose indexes an incremental reused.
 	Previous string `json:"previous,omitempty"`
-	Files    []File `json:"files"`
+	// Checkpoint names the hypervisor checkpoint taken with this point:
+	// the next backup of the VM is incremental from it.
+	Checkpoint string `json:"checkpoint,omitempty"`
+	Files      []File `json:"files"`
 	// Config is the parsed VM configuration summary captured at backup.
 	Config json.RawMessage `json:"config,omitempty"`
 	// Notes carries what the backup decided, for operators ("fell back to

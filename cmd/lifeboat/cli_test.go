@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"lifeboat/internal/testenv"
+	"lifeboat/lab"
 )
 
 // The CLI tests run the real binary, as operators and scripts do.
@@ -32,6 +33,9 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	code := m.Run()
+	if err := lab.Stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "stop lab: %v\n", err)
+	}
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

@@ -13,6 +13,7 @@ import (
 
 	"lifeboat/backup"
 	"lifeboat/disk"
+	"lifeboat/hypervisor/libvirt"
 	"lifeboat/repo"
 	"lifeboat/restore"
 )
@@ -24,9 +25,18 @@ func cmdBackup(ctx context.Context, e *env, args []string) error {
 	name := fs.String("name", "", "name of what is protected (VM or image name)")
 	changed := fs.String("changed", "", "JSON change map since the previous point: [[offset,length],…] for an image, or {\"path\": [[offset,length],…]} per file")
 	fullRead := fs.Bool("full-read", false, "read every file even if the previous point holds it unchanged")
+	uri := fs.String("libvirt", "", "back up a VM where it runs: the libvirt URI of its host (qemu:///system, qemu:///session?socket=…)")
+	vm := fs.String("vm", "", "with --libvirt: the VM to back up (online when it runs, through a checkpoint and NBD)")
+	offline := fs.Bool("offline", false, "with --vm: save the VM's state and back it up stopped; it resumes afterwards")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
+	}
+	if *vm != "" {
+		if len(pos) != 0 || *uri == "" {
+			return usagef("usage: lifeboat backup --repo DIR --libvirt URI --vm NAME [--offline] [--name NAME]")
+		}
+		return backupVM(ctx, e, &rf, *uri, *vm, backup.VMOptions{Options: backup.Options{Name: *name, FullRead: *fullRead}, Offline: *offline})
 	}
 	if len(pos) != 1 {
 		return usagef("usage: lifeboat backup --repo DIR --name NAME SOURCE")
@@ -56,16 +66,44 @@ func cmdBackup(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
+	return reportPoint(e, rf.json, pt, start)
+}
+
+func reportPoint(e *env, asJSON bool, pt *repo.Point, start time.Time) error {
 	var st repo.Stats
 	for _, f := range pt.Files {
 		st.Add(f.Stats)
 	}
-	if rf.json {
-		return json.NewEncoder(e.stdout).Encode(map[string]any{"point": pt.ID, "stats": st, "seconds": time.Since(start).Seconds()})
+	if asJSON {
+		return json.NewEncoder(e.stdout).Encode(map[string]any{"point": pt.ID, "consistency": pt.Consistency, "notes": pt.Notes, "stats": st, "seconds": time.Since(start).Seconds()})
 	}
-	fmt.Fprintf(e.stdout, "point %s: %d files, read %s, reused %s, %d new chunks (%s stored) in %.1fs\n",
-		pt.ID, len(pt.Files), human(st.BytesRead), human(st.BytesReused), st.NewChunks, human(st.NewBytes), time.Since(start).Seconds())
+	fmt.Fprintf(e.stdout, "point %s (%s): %d files, read %s, reused %s, %d new chunks (%s stored) in %.1fs\n",
+		pt.ID, pt.Consistency, len(pt.Files), human(st.BytesRead), human(st.BytesReused), st.NewChunks, human(st.NewBytes), time.Since(start).Seconds())
+	for _, n := range pt.Notes {
+		fmt.Fprintf(e.stdout, "  note: %s\n", n)
+	}
 	return nil
+}
+
+func backupVM(ctx context.Context, e *env, rf *repoFlags, uri, vm string, opts backup.VMOptions) error {
+	r, err := rf.open(ctx, e)
+	if err != nil {
+		return err
+	}
+	drv, err := libvirt.Open(ctx, libvirt.Options{URI: uri})
+	if err != nil {
+		return err
+	}
+	defer drv.Close()
+	bar := newProgress(e, "backup "+vm)
+	opts.Progress = bar.update
+	start := time.Now()
+	pt, err := backup.RunVM(ctx, r, drv, vm, opts)
+	bar.done()
+	if err != nil {
+		return err
+	}
+	return reportPoint(e, rf.json, pt, start)
 }
 
 // readChangeMap accepts a bare list for a single-file source.
