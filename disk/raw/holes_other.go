@@ -17,3 +17,5 @@ func holes(ctx context.Context, f *os.File, path string, off, length int64) ([]d
 
 // punchHole is unsupported here; the caller writes zeros instead.
 func punchHole(f *os.File, off, n int64) error { return errNoHoles }
+
+func startWriteback(*os.File, int64, int64) {}

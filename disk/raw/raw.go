@@ -177,6 +177,9 @@ func (w *Writer) WriteAt(p []byte, off int64) (int, error) {
 		w.mark(off, end)
 		w.mu.Unlock()
 		n, err := w.f.WriteAt(p, off)
+		if err == nil && !w.device {
+			startWriteback(w.f, off, int64(n))
+		}
 		w.mu.Lock()
 		return n, err
 	}
