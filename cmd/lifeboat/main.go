@@ -43,6 +43,17 @@ func commands() []command {
 		{"verify", "re-hash every chunk and name the points a bad one affects", cmdVerify},
 		{"prune", "forget points by a retention policy", cmdPrune},
 		{"gc", "delete data no point references", cmdGC},
+		{"server", "run the server: catalog, repository, HTTPS API, scheduler", cmdServer},
+		{"agent", "run an agent on a host (enroll, report, run jobs); agent list|revoke|inventory", cmdAgent},
+		{"token", "token create|list: one-time enrollment tokens", cmdToken},
+		{"cluster", "cluster create|list|volume add|volume list", cmdCluster},
+		{"group", "group create|add|list|run: protection groups", cmdGroup},
+		{"protect", "add the VM at a path to a group (the shared-volume rule applies)", cmdProtect},
+		{"vm", "vm list: VMs the agents reported, with their protection", cmdVM},
+		{"job", "job list|show|cancel", cmdJob},
+		{"point", "point list|restore: points in the server's catalog", cmdPoint},
+		{"alert", "alert list|ack", cmdAlert},
+		{"status", "the server's status", cmdStatus},
 		{"version", "print the version", func(_ context.Context, e *env, _ []string) error {
 			fmt.Fprintln(e.stdout, "lifeboat", version)
 			return nil

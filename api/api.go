@@ -1,0 +1,344 @@
+// Package api holds what the server, its agents and the CLI say to each
+// other over HTTPS: request and response bodies, the error body, name
+// validation both sides apply, and a small client. docs/api/openapi.yaml
+// describes the same endpoints.
+//
+// Two kinds of caller exist. Operators (the CLI) send
+// "Authorization: Bearer <admin token>". Agents enroll once with a
+// one-time token and from then on present a client certificate signed by
+// the server's CA (mutual TLS); the server maps the certificate's
+// SHA-256 fingerprint to an enrolled node.
+package api
+
+import (
+	"encoding/json"
+	"fmt"
+	"path"
+	"strings"
+	"time"
+
+	"lifeboat/catalog"
+	"lifeboat/repo"
+)
+
+// Prefix is the path every endpoint but /metrics lives under.
+const Prefix = "/api/v1"
+
+// MaxBody caps every JSON request body.
+const MaxBody = 1 << 20
+
+// Error is every 4xx/5xx body.
+type Error struct {
+	Error string `json:"error"`
+	// Code is a stable word: bad_request, unauthorized, forbidden,
+	// not_found, conflict, too_large, not_a_vm, expired, internal …
+	Code string `json:"code"`
+}
+
+// Status is GET /api/v1/status.
+type Status struct {
+	Version       string          `json:"version"`
+	Started       time.Time       `json:"started"`
+	CAFingerprint string          `json:"ca_fingerprint"`
+	Repository    repo.Config     `json:"repository"`
+	Catalog       string          `json:"catalog"` // sqlite or postgres
+	Stats         catalog.Stats   `json:"stats"`
+	Limits        SchedulerLimits `json:"limits"`
+}
+
+// SchedulerLimits are the serialization limits in force.
+type SchedulerLimits struct {
+	PerVolume     int `json:"per_volume"`
+	PerNode       int `json:"per_node"`
+	MaxRecoveries int `json:"max_recoveries"`
+}
+
+// ---- enrollment -------------------------------------------------------------
+
+// TokenRequest is POST /api/v1/enrollment-tokens.
+type TokenRequest struct {
+	// TTL is a Go duration ("1h"); default 24h, at most 30 days.
+	TTL     string `json:"ttl,omitempty"`
+	Note    string `json:"note,omitempty"`
+	Cluster string `json:"cluster,omitempty"` // cluster name the node joins
+}
+
+// TokenResponse carries the token, shown this once.
+type TokenResponse struct {
+	Token         string    `json:"token"`
+	ID            int64     `json:"id"`
+	Expires       time.Time `json:"expires"`
+	CAFingerprint string    `json:"ca_fingerprint"`
+}
+
+// EnrollRequest is POST /api/v1/enroll (no auth but the token).
+type EnrollRequest struct {
+	Token    string `json:"token"`
+	Name     string `json:"name"`
+	Hostname string `json:"hostname"`
+	// CSR is a PEM "CERTIFICATE REQUEST" for an ECDSA or Ed25519 key.
+	CSR string `json:"csr"`
+}
+
+// EnrollResponse gives the agent its certificate.
+type EnrollResponse struct {
+	Node        catalog.Node `json:"node"`
+	Certificate string       `json:"certificate"` // PEM
+	CA          string       `json:"ca"`          // PEM
+}
+
+// ---- agent reports ----------------------------------------------------------
+
+// Heartbeat is POST /api/v1/agent/heartbeat.
+type Heartbeat struct {
+	Version  string `json:"version"`
+	Hostname string `json:"hostname"`
+	Driver   string `json:"driver,omitempty"`
+}
+
+// HeartbeatResponse tells the agent its node and the shared volumes of
+// its cluster, so it can say which volume each VM sits on.
+type HeartbeatResponse struct {
+	Node    catalog.Node           `json:"node"`
+	Volumes []catalog.SharedVolume `json:"volumes"`
+	// Interval is how often the server wants heartbeats (Go duration).
+	Interval string `json:"interval"`
+}
+
+// Inventory is POST /api/v1/agent/inventory: every VM the host holds.
+type Inventory struct {
+	VMs []InventoryVM `json:"vms"`
+}
+
+// InventoryVM is one VM with its files and volume.
+type InventoryVM struct {
+	UUID     string   `json:"uuid"`
+	Name     string   `json:"name"`
+	Path     string   `json:"path,omitempty"`
+	VolumeID string   `json:"volume_id,omitempty"`
+	State    string   `json:"state"`
+	Files    []string `json:"files,omitempty"`
+}
+
+// ---- jobs ---------------------------------------------------------------------
+
+// BackupParams are a backup job's params.
+type BackupParams struct {
+	FullRead bool   `json:"full_read,omitempty"`
+	Group    string `json:"group,omitempty"`
+	// Reason: "schedule", "full-schedule", "run", "manual".
+	Reason string `json:"reason,omitempty"`
+}
+
+// BackupResult is what an agent reports when a backup succeeds.
+type BackupResult struct {
+	Point   string     `json:"point"`
+	Stats   repo.Stats `json:"stats"`
+	Seconds float64    `json:"seconds"`
+}
+
+// RestoreRequest is POST /api/v1/restores; it becomes a recovery job
+// pinned to Node.
+type RestoreRequest struct {
+	Point string `json:"point"`
+	// Node is the agent (node name or ID) that writes the files.
+	Node string `json:"node"`
+	// Target is an absolute folder on that host.
+	Target    string `json:"target"`
+	Format    string `json:"format,omitempty"`
+	Merge     bool   `json:"merge,omitempty"`
+	Overwrite bool   `json:"overwrite,omitempty"`
+}
+
+// RestoreParams are a recovery job's params.
+type RestoreParams struct {
+	Point     string `json:"point"`
+	Target    string `json:"target"`
+	Format    string `json:"format,omitempty"`
+	Merge     bool   `json:"merge,omitempty"`
+	Overwrite bool   `json:"overwrite,omitempty"`
+}
+
+// RestoreResult is what an agent reports when a restore succeeds.
+type RestoreResult struct {
+	Files   map[string]string `json:"files"`
+	Bytes   int64             `json:"bytes"`
+	Seconds float64           `json:"seconds"`
+}
+
+// BackupRequest is POST /api/v1/backups: one backup now.
+type BackupRequest struct {
+	VM       string `json:"vm"`
+	FullRead bool   `json:"full_read,omitempty"`
+}
+
+// JobRequest is POST /api/v1/jobs for the server's own jobs.
+type JobRequest struct {
+	Kind   string          `json:"kind"` // verify, prune, gc
+	Params json.RawMessage `json:"params,omitempty"`
+}
+
+// PruneParams: a group's retention (Group), or an explicit policy.
+type PruneParams struct {
+	Group  string       `json:"group,omitempty"`
+	Policy *repo.Policy `json:"policy,omitempty"`
+	DryRun bool         `json:"dry_run,omitempty"`
+}
+
+// GCParams is a gc job's params.
+type GCParams struct {
+	Grace string `json:"grace,omitempty"` // Go duration, default 1h
+}
+
+// JobDetail is GET /api/v1/jobs/{id}.
+type JobDetail struct {
+	catalog.Job
+	Log []catalog.LogLine `json:"log"`
+}
+
+// Progress is POST /api/v1/agent/jobs/{id}/progress.
+type Progress struct {
+	Progress float64 `json:"progress"`
+	Bytes    int64   `json:"bytes"`
+}
+
+// ProgressResponse tells the agent whether to stop.
+type ProgressResponse struct {
+	Cancel bool `json:"cancel"`
+}
+
+// LogLines is POST /api/v1/agent/jobs/{id}/log.
+type LogLines struct {
+	Level string   `json:"level,omitempty"`
+	Lines []string `json:"lines"`
+}
+
+// Finish is POST /api/v1/agent/jobs/{id}/finish.
+type Finish struct {
+	State  string          `json:"state"` // succeeded, failed, canceled
+	Result json.RawMessage `json:"result,omitempty"`
+	Error  string          `json:"error,omitempty"`
+}
+
+// Defer is POST /api/v1/agent/jobs/{id}/defer: the VM is not here (it
+// moved, or is migrating); the job goes back to the queue and follows it.
+type Defer struct {
+	Reason  string `json:"reason"`
+	Seconds int    `json:"seconds,omitempty"`
+}
+
+// ---- groups -------------------------------------------------------------------
+
+// Group is a protection group as the API shows and takes it.
+type Group struct {
+	ID        int64    `json:"id,omitempty"`
+	Name      string   `json:"name"`
+	FullTimes []string `json:"full_times,omitempty"`
+	TimeZone  string   `json:"time_zone,omitempty"`
+	// Incremental is a Go duration from 15m to 24h, or "" for none.
+	Incremental     string    `json:"incremental,omitempty"`
+	RetentionDays   int       `json:"retention_days,omitempty"`
+	RetentionCount  int       `json:"retention_count,omitempty"`
+	OfflineFallback *bool     `json:"offline_fallback,omitempty"`
+	Members         []string  `json:"members"`
+	Created         time.Time `json:"created,omitzero"`
+	Updated         time.Time `json:"updated,omitzero"`
+}
+
+// GroupFromCatalog converts for output.
+func GroupFromCatalog(g catalog.Group) Group {
+	off := g.OfflineFallback
+	out := Group{ID: g.ID, Name: g.Name, FullTimes: g.FullTimes, TimeZone: g.TimeZone,
+		RetentionDays: g.RetentionDays, RetentionCount: g.RetentionCount, OfflineFallback: &off,
+		Members: g.Members, Created: g.Created, Updated: g.Updated}
+	if g.Incremental > 0 {
+		out.Incremental = g.Incremental.String()
+	}
+	if out.Members == nil {
+		out.Members = []string{}
+	}
+	return out
+}
+
+// Members is POST /api/v1/groups/{id}/members.
+type Members struct {
+	// Members are VM names, or paths of VMs (a VM folder or image), which
+	// the server resolves to names and checks against the shared-volume
+	// rule.
+	Members []string `json:"members"`
+}
+
+// ProtectRequest is POST /api/v1/protect: protect what is at Path.
+type ProtectRequest struct {
+	Path  string `json:"path"`
+	Group string `json:"group"`
+}
+
+// RunResponse lists the jobs a run created.
+type RunResponse struct {
+	Jobs []catalog.Job `json:"jobs"`
+}
+
+// ClusterRequest is POST /api/v1/clusters.
+type ClusterRequest struct {
+	Name      string `json:"name"`
+	HAManager string `json:"ha_manager,omitempty"`
+}
+
+// VolumeRequest is POST /api/v1/clusters/{id}/volumes.
+type VolumeRequest struct {
+	Path     string `json:"path"`
+	VolumeID string `json:"volume_id"`
+}
+
+// ---- validation -----------------------------------------------------------------
+
+// CheckName accepts names of nodes, groups and clusters: 1 to 128 of
+// [A-Za-z0-9._-], starting with a letter or digit.
+func CheckName(what, s string) error {
+	if s == "" || len(s) > 128 {
+		return fmt.Errorf("%s name must be 1 to 128 characters", what)
+	}
+	for i, c := range s {
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || (i > 0 && (c == '.' || c == '_' || c == '-'))
+		if !ok {
+			return fmt.Errorf("%s name %q: character %q not allowed (use letters, digits, '.', '_', '-')", what, s, c)
+		}
+	}
+	return nil
+}
+
+// CheckVMName accepts a VM name: 1 to 255 printable characters, no path
+// separators, not "." or "..". Hypervisors allow spaces and most
+// punctuation in VM names; nothing here can steer a path.
+func CheckVMName(s string) error {
+	if s == "" || len(s) > 255 {
+		return fmt.Errorf("VM name must be 1 to 255 characters")
+	}
+	if s == "." || s == ".." || strings.TrimSpace(s) != s {
+		return fmt.Errorf("VM name %q is not allowed", s)
+	}
+	for _, c := range s {
+		if c < 0x20 || c == 0x7f || c == '/' || c == '\\' {
+			return fmt.Errorf("VM name %q: character %q not allowed", s, c)
+		}
+	}
+	return nil
+}
+
+// CheckAbsPath accepts a clean absolute path (no "..", no NUL): where a
+// restore writes on an agent's host.
+func CheckAbsPath(what, p string) error {
+	if p == "" || !strings.HasPrefix(p, "/") || strings.ContainsRune(p, 0) || len(p) > 4096 {
+		return fmt.Errorf("%s %q must be an absolute path", what, p)
+	}
+	if path.Clean(p) != p {
+		return fmt.Errorf("%s %q is not a clean path", what, p)
+	}
+	for _, seg := range strings.Split(p, "/") {
+		if seg == ".." {
+			return fmt.Errorf("%s %q: '..' not allowed", what, p)
+		}
+	}
+	return nil
+}
