@@ -262,3 +262,51 @@ func randHex() string {
 	rand.Read(b)
 	return hex.EncodeToString(b)
 }
+
+// ToDevice writes one disk of a point onto a block device or into an image
+// file: a host's bare-metal restore. A device gets every byte, zeros
+// included, since it may hold anything; a new image file stays sparse.
+// The target must be at least as large as the disk.
+func ToDevice(ctx context.Context, r *repo.Repository, p *repo.Point, file, target string, progress func(done, total int64)) (int64, error) {
+	var f *repo.File
+	for i := range p.Files {
+		if p.Files[i].Path == file {
+			f = &p.Files[i]
+		}
+	}
+	if f == nil || f.Disk == nil {
+		return 0, fmt.Errorf("point %s has no disk %q", p.ID, file)
+	}
+	src, err := r.OpenFile(ctx, p, file)
+	if err != nil {
+		return 0, err
+	}
+	defer src.Close()
+	size := src.Size()
+	device := false
+	if fi, err := os.Stat(target); err == nil && fi.Mode()&os.ModeDevice != 0 {
+		device = true
+	}
+	ranges := []disk.Extent{{Offset: 0, Length: size, Kind: disk.Data}}
+	if !device {
+		if ranges, err = disk.ResolvedExtents(ctx, src, 0, size); err != nil {
+			return 0, err
+		}
+	}
+	w, err := formats.Create(ctx, target, disk.Raw, disk.CreateOptions{Size: size})
+	if err != nil {
+		return 0, fmt.Errorf("restore %s to %s: %w", file, target, err)
+	}
+	opts := disk.CopyOptions{}
+	if progress != nil {
+		opts.Progress = func(done int64) { progress(done, size) }
+	}
+	if err := disk.Copy(ctx, w, src, ranges, opts); err != nil {
+		w.Close()
+		return 0, fmt.Errorf("restore %s to %s: %w", file, target, err)
+	}
+	if err := w.Close(); err != nil {
+		return 0, err
+	}
+	return size, nil
+}

@@ -28,9 +28,40 @@ func cmdBackup(ctx context.Context, e *env, args []string) error {
 	uri := fs.String("libvirt", "", "back up a VM where it runs: the libvirt URI of its host (qemu:///system, qemu:///session?socket=…)")
 	vm := fs.String("vm", "", "with --libvirt: the VM to back up (online when it runs, through a checkpoint and NBD)")
 	offline := fs.Bool("offline", false, "with --vm: save the VM's state and back it up stopped; it resumes afterwards")
+	host := fs.Bool("host", false, "bare-metal backup of this host: --disk for each system disk, --config for configuration (default: libvirt, corosync, pacemaker, identity)")
+	var disks, configs listFlag
+	fs.Var(&disks, "disk", "with --host: a system disk (block device or image file); repeatable")
+	fs.Var(&configs, "config", "with --host: a configuration file or folder; repeatable")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
+	}
+	if *host {
+		if len(pos) != 0 || len(disks) == 0 {
+			return usagef("usage: lifeboat backup --repo DIR --host --disk DEV|IMAGE [--disk …] [--config PATH …] [--name NAME]")
+		}
+		if *name == "" {
+			*name, _ = os.Hostname()
+		}
+		if len(configs) == 0 {
+			configs = backup.DefaultHostConfig()
+		}
+		src, err := backup.ScanHost(ctx, backup.HostOptions{Disks: disks, Config: configs})
+		if err != nil {
+			return err
+		}
+		r, err := rf.open(ctx, e)
+		if err != nil {
+			return err
+		}
+		bar := newProgress(e, "backup host "+*name)
+		start := time.Now()
+		pt, err := backup.Run(ctx, r, src, backup.Options{Name: *name, FullRead: *fullRead, Progress: bar.update})
+		bar.done()
+		if err != nil {
+			return err
+		}
+		return reportPoint(e, rf.json, pt, start)
 	}
 	if *vm != "" {
 		if len(pos) != 0 || *uri == "" {
@@ -107,6 +138,12 @@ func backupVM(ctx context.Context, e *env, rf *repoFlags, uri, vm string, opts b
 }
 
 // readChangeMap accepts a bare list for a single-file source.
+// listFlag is a repeatable string flag.
+type listFlag []string
+
+func (l *listFlag) String() string     { return strings.Join(*l, ",") }
+func (l *listFlag) Set(v string) error { *l = append(*l, v); return nil }
+
 func readChangeMap(path string, src *backup.Source) (map[string][]disk.Extent, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -222,8 +259,35 @@ func cmdRestore(ctx context.Context, e *env, args []string) error {
 	format := fs.String("format", "", "convert disks to raw, qcow2, vhd or vhdx")
 	merge := fs.Bool("merge-chain", false, "flatten differencing chains into one disk each")
 	overwrite := fs.Bool("overwrite", false, "replace files that exist in the target folder")
+	file := fs.String("file", "", "with --to-device: the point's disk to write (e.g. disks/sda)")
+	device := fs.String("to-device", "", "write one disk onto a block device or into an image file (host bare-metal restore)")
 	if _, err := parse(fs, args); err != nil {
 		return err
+	}
+	if *device != "" {
+		if *point == "" || *file == "" {
+			return usagef("usage: lifeboat restore --repo DIR --point ID --file DISK --to-device DEV|IMAGE")
+		}
+		r, err := rf.open(ctx, e)
+		if err != nil {
+			return err
+		}
+		p, err := r.LoadPoint(ctx, *point)
+		if err != nil {
+			return err
+		}
+		bar := newProgress(e, "restore "+*file)
+		start := time.Now()
+		n, err := restore.ToDevice(ctx, r, p, *file, *device, bar.update)
+		bar.done()
+		if err != nil {
+			return err
+		}
+		if rf.json {
+			return json.NewEncoder(e.stdout).Encode(map[string]any{"file": *file, "target": *device, "bytes": n})
+		}
+		fmt.Fprintf(e.stdout, "restored %s onto %s (%s) in %.1fs\n", *file, *device, human(n), time.Since(start).Seconds())
+		return nil
 	}
 	if *point == "" || *to == "" {
 		return usagef("usage: lifeboat restore --repo DIR --point ID --to DIR [--format raw|qcow2|vhd|vhdx] [--merge-chain]")
