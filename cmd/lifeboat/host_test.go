@@ -84,4 +84,3 @@ func TestHostBareMetal(t *testing.T) {
 		t.Errorf("partition table: %s", table)
 	}
 }
-
