@@ -2,9 +2,11 @@ package repo
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -60,13 +62,23 @@ func (r *Repository) WriteImage(ctx context.Context, img disk.Image, opts WriteO
 	if reuse && opts.Layer != (prev.Extents != nil) && size > 0 {
 		reuse = false
 	}
-	var changed []bool // per slot: may differ from prev
+	// changed holds, per slot, the ranges that may differ from prev (nil:
+	// unchanged). A changed slot reads only those ranges from the source
+	// and patches them into the previous chunk, so scattered small guest
+	// writes cost what they wrote, not a chunk each.
+	var changed [][]disk.Extent
 	if reuse {
-		changed = make([]bool, nslots)
+		changed = make([][]disk.Extent, nslots)
 		for _, e := range opts.Changed {
 			lo, n := disk.ClampRange(e.Offset, e.Length, size)
 			for s := lo / cs; n > 0 && s <= (lo+n-1)/cs; s++ {
-				changed[s] = true
+				a, b := max(lo, s*cs), min(lo+n, (s+1)*cs)
+				changed[s] = disk.AppendExtent(changed[s], disk.Extent{Offset: a, Length: b - a, Kind: disk.Data})
+			}
+		}
+		for s := range changed {
+			if len(changed[s]) > 1 {
+				changed[s] = mergeRanges(changed[s])
 			}
 		}
 	}
@@ -210,7 +222,7 @@ func (r *Repository) WriteImage(ctx context.Context, img disk.Image, opts WriteO
 					}
 					continue
 				}
-				if reuse && !changed[s] {
+				if reuse && changed[s] == nil {
 					x.Slots[s] = prev.Slots[s]
 					mu.Lock()
 					st.BytesReused += sLen
@@ -230,20 +242,33 @@ func (r *Repository) WriteImage(ctx context.Context, img disk.Image, opts WriteO
 					return gctx.Err()
 				}
 				b := (*buf)[:sLen]
-				clear(b)
 				// Read only what this layer holds as data; the rest of the
 				// slot stays zero so the chunk is the layer's own bytes.
+				window := []disk.Extent{{Offset: sOff, Length: sLen, Kind: disk.Data}}
+				if reuse && !covers(changed[s], sOff, sLen) && r.loadInto(gctx, b, prev.Slots[s]) {
+					window = changed[s]
+					for _, w := range window {
+						clear(b[w.Offset-sOff : w.End()-sOff])
+					}
+				} else {
+					clear(b)
+				}
 				var read int64
-				for k := ei; k < len(ext) && ext[k].Offset < sOff+sLen; k++ {
-					e := ext[k]
-					if e.Kind != disk.Data {
-						continue
+				for _, w := range window {
+					for k := ei; k < len(ext) && ext[k].Offset < w.End(); k++ {
+						e := ext[k]
+						if e.Kind != disk.Data {
+							continue
+						}
+						lo, hi := max(e.Offset, w.Offset), min(e.End(), w.End())
+						if lo >= hi {
+							continue
+						}
+						if _, err := img.ReadAt(b[lo-sOff:hi-sOff], lo); err != nil {
+							return fmt.Errorf("read %d bytes at offset %d: %w", hi-lo, lo, err)
+						}
+						read += hi - lo
 					}
-					lo, hi := max(e.Offset, sOff), min(e.End(), sOff+sLen)
-					if _, err := img.ReadAt(b[lo-sOff:hi-sOff], lo); err != nil {
-						return fmt.Errorf("read %d bytes at offset %d: %w", hi-lo, lo, err)
-					}
-					read += hi - lo
 				}
 				mu.Lock()
 				st.BytesRead += read
@@ -268,6 +293,42 @@ func (r *Repository) WriteImage(ctx context.Context, img disk.Image, opts WriteO
 		return ID{}, nil, st, err
 	}
 	return id, x, st, nil
+}
+
+// loadInto fills b with a previous slot's content: zeros for a hole, the
+// chunk's bytes otherwise. It reports false when the chunk cannot be used
+// (missing, corrupt, another size): the caller then reads the whole slot.
+func (r *Repository) loadInto(ctx context.Context, b []byte, prev Slot) bool {
+	if prev.Hole {
+		clear(b)
+		return true
+	}
+	data, err := r.LoadChunk(ctx, prev.ID)
+	if err != nil || len(data) != len(b) {
+		return false
+	}
+	copy(b, data)
+	return true
+}
+
+// covers reports whether sorted, merged ranges cover [off, off+n).
+func covers(ranges []disk.Extent, off, n int64) bool {
+	return len(ranges) == 1 && ranges[0].Offset <= off && ranges[0].End() >= off+n
+}
+
+// mergeRanges sorts ranges and merges overlapping or touching ones.
+func mergeRanges(in []disk.Extent) []disk.Extent {
+	slices.SortFunc(in, func(a, b disk.Extent) int { return cmp.Compare(a.Offset, b.Offset) })
+	out := in[:1]
+	for _, e := range in[1:] {
+		last := &out[len(out)-1]
+		if e.Offset <= last.End() {
+			last.Length = max(last.End(), e.End()) - last.Offset
+			continue
+		}
+		out = append(out, e)
+	}
+	return out
 }
 
 var zeroPage [64 << 10]byte
