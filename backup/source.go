@@ -197,6 +197,16 @@ func scanFolder(ctx context.Context, root string) (*Source, error) {
 		if err != nil {
 			return nil, fmt.Errorf("scan VM folder %s: configuration %s: %w", abs, l.Config, err)
 		}
+		// Every disk the configuration attaches must be in the folder: a
+		// point without one of them could never be booted.
+		for _, d := range vm.Disks {
+			if d.Kind != "disk" || d.Path == "" {
+				continue
+			}
+			if _, err := l.Resolve(d.Path); err != nil {
+				return nil, fmt.Errorf("scan VM folder %s: configuration %s attaches disk %s, which is missing from the folder: %w", abs, l.Config, d.Path, err)
+			}
+		}
 		src.VM = &vm
 	} else if !errors.Is(err, hyperv.ErrNotFound) {
 		return nil, fmt.Errorf("scan VM folder %s: %w", abs, err)

@@ -96,16 +96,17 @@ func TestHyperVFolder(t *testing.T) {
 		ids[name] = img.Info().ID
 		img.Close()
 	}
-	mk("disk.vhdx", "", disk.VHDX, map[int64][]byte{0: rnd(3, 4<<20), 20 << 20: rnd(4, 1<<20)})
-	mk("disk_A.avhdx", "disk.vhdx", disk.VHDX, map[int64][]byte{512: rnd(5, 4096), 20 << 20: make([]byte, 64<<10)})
-	mk("disk_B.avhdx", "disk_A.avhdx", disk.VHDX, map[int64][]byte{8 << 20: rnd(6, 3<<20+512)})
+	mk("os.vhdx", "", disk.VHDX, map[int64][]byte{0: rnd(3, 4<<20), 20 << 20: rnd(4, 1<<20)})
+	mk("os_A.avhdx", "os.vhdx", disk.VHDX, map[int64][]byte{512: rnd(5, 4096), 20 << 20: make([]byte, 64<<10)})
+	mk("os_B.avhdx", "os_A.avhdx", disk.VHDX, map[int64][]byte{8 << 20: rnd(6, 3<<20+512)})
 	mk("data.vhd", "", disk.VHD, map[int64][]byte{1 << 20: rnd(7, 2<<20)})
+	mk("disk.vhd", "", disk.VHD, map[int64][]byte{0: rnd(9, 1<<20)}) // the disk vm.XML attaches
 	mk("data_X.avhd", "data.vhd", disk.VHD, map[int64][]byte{1<<20 + 1024: rnd(8, 1024)})
 	want := map[string][]byte{
-		"disk_B.avhdx": readAll(t, filepath.Join(vhd, "disk_B.avhdx")),
-		"data_X.avhd":  readAll(t, filepath.Join(vhd, "data_X.avhd")),
+		"os_B.avhdx":  readAll(t, filepath.Join(vhd, "os_B.avhdx")),
+		"data_X.avhd": readAll(t, filepath.Join(vhd, "data_X.avhd")),
 	}
-	if bytes.Equal(want["disk_B.avhdx"], readAll(t, filepath.Join(vhd, "disk.vhdx"))) {
+	if bytes.Equal(want["os_B.avhdx"], readAll(t, filepath.Join(vhd, "os.vhdx"))) {
 		t.Fatal("snapshot layers changed nothing; the test would prove nothing")
 	}
 
@@ -121,11 +122,12 @@ func TestHyperVFolder(t *testing.T) {
 		"Virtual Machines/" + guid + ".xml":              "config",
 		"Virtual Machines/" + guid + "/" + guid + ".vsv": "saved-state",
 		"Virtual Machines/" + guid + "/" + guid + ".bin": "saved-state",
-		"Virtual Hard Disks/disk.vhdx":                   "disk",
-		"Virtual Hard Disks/disk_A.avhdx":                "differencing-disk",
-		"Virtual Hard Disks/disk_B.avhdx":                "differencing-disk",
+		"Virtual Hard Disks/os.vhdx":                     "disk",
+		"Virtual Hard Disks/os_A.avhdx":                  "differencing-disk",
+		"Virtual Hard Disks/os_B.avhdx":                  "differencing-disk",
 		"Virtual Hard Disks/data.vhd":                    "disk",
 		"Virtual Hard Disks/data_X.avhd":                 "differencing-disk",
+		"Virtual Hard Disks/disk.vhd":                    "disk",
 	} {
 		if roles[path] != role {
 			t.Errorf("%s has role %q, want %q (all: %v)", path, roles[path], role, roles)
@@ -168,7 +170,7 @@ func TestHyperVFolder(t *testing.T) {
 	// Flattened: one disk per chain, named after the top layer, no data lost.
 	flat := filepath.Join(dir, "flat")
 	lb(t, repoDir, false, "restore", "--point", pts[0].ID, "--to", flat, "--merge-chain")
-	for name, target := range map[string]string{"disk_B.avhdx": "disk_B.vhdx", "data_X.avhd": "data_X.vhd"} {
+	for name, target := range map[string]string{"os_B.avhdx": "os_B.vhdx", "data_X.avhd": "data_X.vhd"} {
 		p := filepath.Join(flat, "Virtual Hard Disks", target)
 		if !bytes.Equal(readAll(t, p), want[name]) {
 			t.Errorf("merged %s differs from the chain", target)
@@ -179,17 +181,17 @@ func TestHyperVFolder(t *testing.T) {
 		}
 		img.Close()
 	}
-	if _, err := os.Stat(filepath.Join(flat, "Virtual Hard Disks", "disk.vhdx")); err == nil {
+	if _, err := os.Stat(filepath.Join(flat, "Virtual Hard Disks", "os.vhdx")); err == nil {
 		t.Error("merge-chain also wrote the base layer")
 	}
 	// Converted, chain kept: qcow2 overlays that qemu reads identically.
 	conv := filepath.Join(dir, "qcow2")
 	lb(t, repoDir, false, "restore", "--point", pts[0].ID, "--to", conv, "--format", "qcow2")
-	top := filepath.Join(conv, "Virtual Hard Disks", "disk_B.qcow2")
+	top := filepath.Join(conv, "Virtual Hard Disks", "os_B.qcow2")
 	raw := filepath.Join(dir, "top.raw")
 	testenv.Run(t, "qemu-img", "convert", "-O", "raw", top, raw)
 	got, _ := os.ReadFile(raw)
-	if !bytes.Equal(got, want["disk_B.avhdx"]) {
+	if !bytes.Equal(got, want["os_B.avhdx"]) {
 		t.Error("qcow2 chain converted from the AVHDX chain reads differently in qemu")
 	}
 
@@ -198,6 +200,14 @@ func TestHyperVFolder(t *testing.T) {
 	if !bytes.Contains([]byte(res), []byte(`"bytes_read":0`)) {
 		t.Errorf("unchanged folder was read again: %s", res)
 	}
+
+	// A disk the configuration attaches that is missing fails the backup,
+	// naming it.
+	os.Rename(filepath.Join(vhd, "disk.vhd"), filepath.Join(dir, "away.vhd"))
+	if msg := lb(t, repoDir, true, "backup", "--name", "2012R2", vm); !strings.Contains(msg, `hyperv\disk.vhd`) || !strings.Contains(msg, "missing") {
+		t.Errorf("missing disk: %s", msg)
+	}
+	os.Rename(filepath.Join(dir, "away.vhd"), filepath.Join(vhd, "disk.vhd"))
 
 	// A configuration that does not parse fails the backup, naming it.
 	os.WriteFile(filepath.Join(vm, "Virtual Machines", guid+".xml"), xml[:len(xml)/2], 0o644)
