@@ -187,6 +187,9 @@ func (r *Repository) LoadPoint(ctx context.Context, id string) (*Point, error) {
 
 // DecodePoint parses and validates a manifest's plaintext.
 func DecodePoint(id string, plain []byte) (*Point, error) {
+	if !ValidPointID(id) {
+		return nil, fmt.Errorf("load point: %q is not a point ID: %w", id, ErrCorrupt)
+	}
 	var p Point
 	if err := json.Unmarshal(plain, &p); err != nil {
 		return nil, fmt.Errorf("load point %s: %v: %w", id, err, ErrCorrupt)
