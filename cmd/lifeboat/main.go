@@ -40,6 +40,7 @@ func commands() []command {
 		{"points", "list recovery points", cmdPoints},
 		{"restore", "restore a point into a folder", cmdRestore},
 		{"items", "item-level recovery: ls, find, extract files inside a point's disks", cmdItems},
+		{"tape", "copy points to tape and back: library-create, add, write, scan, restore", cmdTape},
 		{"verify", "re-hash every chunk and name the points a bad one affects", cmdVerify},
 		{"prune", "forget points by a retention policy", cmdPrune},
 		{"gc", "delete data no point references", cmdGC},
