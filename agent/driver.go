@@ -13,6 +13,7 @@ import (
 	"lifeboat/backup"
 	"lifeboat/disk"
 	"lifeboat/disk/formats"
+	"lifeboat/repo"
 )
 
 // Driver is the seam between the agent and a host's hypervisor: list the
@@ -49,12 +50,21 @@ type VM struct {
 
 // PrepareOptions steer Prepare.
 type PrepareOptions struct {
-	FullRead        bool
+	FullRead bool
+	// OfflineFallback allows an offline backup (a managed save: the VM
+	// stops for a moment) when an online one is not possible.
 	OfflineFallback bool
 }
 
 // Prepared is a VM ready to read.
 type Prepared struct {
+	// Run, when set, writes the point itself: a driver that backs VMs
+	// up through the hypervisor (online, with checkpoints) runs
+	// backup.RunVM there, and Source, Consistency, Changed and Notes are
+	// unused. It may return ErrNotHere or ErrMigrating (wrapped) when
+	// the VM left or began to move after Prepare.
+	Run func(ctx context.Context, r *repo.Repository, opts backup.Options) (*repo.Point, error)
+
 	Source      *backup.Source
 	Consistency string
 	// Changed maps a file's point path to the ranges changed since the

@@ -238,27 +238,37 @@ func (a *Agent) backup(ctx context.Context, run *jobRun) (any, error) {
 	if vm == nil {
 		return nil, &deferral{fmt.Sprintf("VM %s is not on node %s (moved?): the job waits for its new owner", j.VMName, a.cfg.Name), 15}
 	}
-	prep, err := a.cfg.Driver.Prepare(ctx, *vm, PrepareOptions{FullRead: p.FullRead, OfflineFallback: true})
-	switch {
-	case errors.Is(err, ErrNotHere):
-		return nil, &deferral{fmt.Sprintf("VM %s left node %s: the job follows it", j.VMName, a.cfg.Name), 15}
-	case errors.Is(err, ErrMigrating):
-		return nil, &deferral{fmt.Sprintf("VM %s is migrating: retrying after the move", j.VMName), 30}
-	case err != nil:
+	prep, err := a.cfg.Driver.Prepare(ctx, *vm, PrepareOptions{FullRead: p.FullRead, OfflineFallback: !p.NoOfflineFallback})
+	if d := a.elsewhere(j.VMName, err); d != nil {
+		return nil, d
+	}
+	if err != nil {
 		return nil, err
 	}
 	ok := false
-	defer func() { prep.Release(context.WithoutCancel(ctx), ok) }()
+	defer func() {
+		if prep.Release != nil {
+			prep.Release(context.WithoutCancel(ctx), ok)
+		}
+	}()
 	r, rb, err := a.openRepo(ctx)
 	if err != nil {
 		return nil, err
 	}
-	run.logf("info", "backing up %s (%d files, %s) on %s", j.VMName, len(prep.Source.Files), prep.Consistency, a.cfg.Name)
 	start := time.Now()
-	pt, err := backup.Run(ctx, r, prep.Source, backup.Options{
-		Name: j.VMName, Host: a.cfg.Name, Consistency: prep.Consistency, FullRead: p.FullRead,
-		Changed: prep.Changed, Notes: prep.Notes, Progress: run.progress,
-	})
+	opts := backup.Options{Name: j.VMName, Host: a.cfg.Name, FullRead: p.FullRead, Progress: run.progress}
+	var pt *repo.Point
+	if prep.Run != nil {
+		run.logf("info", "backing up %s through %s on %s", j.VMName, a.cfg.Driver.Name(), a.cfg.Name)
+		pt, err = prep.Run(ctx, r, opts)
+		if d := a.elsewhere(j.VMName, err); d != nil {
+			return nil, d
+		}
+	} else {
+		run.logf("info", "backing up %s (%d files, %s) on %s", j.VMName, len(prep.Source.Files), prep.Consistency, a.cfg.Name)
+		opts.Consistency, opts.Changed, opts.Notes = prep.Consistency, prep.Changed, prep.Notes
+		pt, err = backup.Run(ctx, r, prep.Source, opts)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -268,9 +278,26 @@ func (a *Agent) backup(ctx context.Context, run *jobRun) (any, error) {
 		st.Add(f.Stats)
 	}
 	calls, queries, objs, sent := rb.Counters()
-	run.logf("info", "point %s: read %d bytes, reused %d, %d of %d chunks new (%d bytes); %d chunk look-ups in %d queries, %d objects (%d bytes) sent in batches",
-		pt.ID, st.BytesRead, st.BytesReused, st.NewChunks, st.Chunks, st.NewBytes, calls, queries, objs, sent)
+	run.logf("info", "point %s (%s): read %d bytes, reused %d, %d of %d chunks new (%d bytes); %d chunk look-ups in %d queries, %d objects (%d bytes) sent in batches",
+		pt.ID, pt.Consistency, st.BytesRead, st.BytesReused, st.NewChunks, st.Chunks, st.NewBytes, calls, queries, objs, sent)
+	for _, n := range pt.Notes {
+		run.logf("info", "point %s: %s", pt.ID, n)
+	}
 	return api.BackupResult{Point: pt.ID, Stats: st, Seconds: time.Since(start).Seconds()}, nil
+}
+
+// elsewhere turns a driver's ErrNotHere or ErrMigrating into a deferral:
+// the job goes back to the queue and follows the VM.
+func (a *Agent) elsewhere(vm string, err error) *deferral {
+	switch {
+	case errors.Is(err, ErrNotHere):
+		return &deferral{fmt.Sprintf("VM %s left node %s: the job follows it (%v)", vm, a.cfg.Name, err), 15}
+	case errors.Is(err, ErrMigrating):
+		// Live migrations take seconds: retry soon, on whichever node
+		// owns the VM then.
+		return &deferral{fmt.Sprintf("VM %s is migrating: retrying after the move (%v)", vm, err), 5}
+	}
+	return nil
 }
 
 func (a *Agent) restore(ctx context.Context, run *jobRun) (any, error) {

@@ -128,6 +128,9 @@ type BackupParams struct {
 	Group    string `json:"group,omitempty"`
 	// Reason: "schedule", "full-schedule", "run", "manual".
 	Reason string `json:"reason,omitempty"`
+	// NoOfflineFallback: the VM's group forbids an offline backup when
+	// an online one is not possible.
+	NoOfflineFallback bool `json:"no_offline_fallback,omitempty"`
 }
 
 // BackupResult is what an agent reports when a backup succeeds.

@@ -656,11 +656,11 @@ func (s *Server) handleBackupNow(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var groupID int64
-	group := ""
+	group, noOffline := "", false
 	if g, err := s.cat.GroupOfVM(r.Context(), req.VM); err == nil {
-		groupID, group = g.ID, g.Name
+		groupID, group, noOffline = g.ID, g.Name, !g.OfflineFallback
 	}
-	params, _ := json.Marshal(api.BackupParams{FullRead: req.FullRead, Group: group, Reason: "manual"})
+	params, _ := json.Marshal(api.BackupParams{FullRead: req.FullRead, Group: group, Reason: "manual", NoOfflineFallback: noOffline})
 	var jobs []catalog.Job
 	for _, v := range vms {
 		jobs = append(jobs, catalog.Job{Kind: catalog.KindBackup, VMID: v.ID, GroupID: groupID, Params: params})

@@ -127,7 +127,7 @@ func (sc *Scheduler) Round(ctx context.Context) ([]catalog.Job, error) {
 		default:
 			continue
 		}
-		params, _ := json.Marshal(api.BackupParams{FullRead: full, Group: g.Name, Reason: reason})
+		params, _ := json.Marshal(api.BackupParams{FullRead: full, Group: g.Name, Reason: reason, NoOfflineFallback: !g.OfflineFallback})
 		jobs = append(jobs, catalog.Job{Kind: catalog.KindBackup, VMID: v.ID, GroupID: g.ID, Params: params})
 		marks = append(marks, mark{v.ID, occ})
 	}
@@ -251,7 +251,7 @@ func (sc *Scheduler) RunGroup(ctx context.Context, g catalog.Group, reason strin
 	if err != nil {
 		return nil, err
 	}
-	params, _ := json.Marshal(api.BackupParams{Group: g.Name, Reason: reason})
+	params, _ := json.Marshal(api.BackupParams{Group: g.Name, Reason: reason, NoOfflineFallback: !g.OfflineFallback})
 	var jobs []catalog.Job
 	for _, v := range vms {
 		if v.OwnerNodeID == 0 || v.State == catalog.VMAbsent || active[v.ID] {

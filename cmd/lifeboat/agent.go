@@ -10,6 +10,7 @@ import (
 
 	"lifeboat/agent"
 	"lifeboat/catalog"
+	"lifeboat/hypervisor/libvirt"
 )
 
 // cmdAgent runs the agent, or with "list"/"revoke" asks the server about
@@ -34,6 +35,8 @@ func cmdAgent(ctx context.Context, e *env, args []string) error {
 	name := fs.String("name", "", "node name (default: the host name)")
 	var vmDirs, volumes stringList
 	fs.Var(&vmDirs, "vm-dir", "folder whose subfolders and images are VMs (repeatable)")
+	lvURI := fs.String("libvirt", "", "protect the VMs of this libvirt host: its local URI (qemu:///system, qemu:///session?socket=…); backups run online through checkpoints")
+	lvScratch := fs.String("libvirt-scratch", "", "with --libvirt: folder for backup scratch files and NBD sockets, as the daemon sees it (default /var/tmp, or the session daemon's runtime folder)")
 	fs.Var(&volumes, "shared-volume", "PATH=ID: a shared volume this host sees (repeatable; the server also sends its cluster's)")
 	pwFile := fs.String("password-file", "", "repository password file (or $LIFEBOAT_PASSWORD), for an encrypted repository")
 	restoreRoot := fs.String("restore-root", "", "refuse restores outside this folder")
@@ -46,7 +49,7 @@ func cmdAgent(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	if len(pos) > 0 {
-		return usagef("usage: lifeboat agent --server URL --token T [--vm-dir DIR]… | lifeboat agent list|revoke|inventory")
+		return usagef("usage: lifeboat agent --server URL --token T [--vm-dir DIR]… | [--libvirt URI] | lifeboat agent list|revoke|inventory")
 	}
 	log, err := jsonLogger(e, *logLevel)
 	if err != nil {
@@ -71,6 +74,16 @@ func cmdAgent(ctx context.Context, e *env, args []string) error {
 			return usagef("--shared-volume %q: want /PATH=ID", v)
 		}
 		cfg.Volumes = append(cfg.Volumes, catalog.SharedVolume{Path: p, VolumeID: id})
+	}
+	switch {
+	case *lvURI != "" && len(vmDirs) > 0:
+		return usagef("--libvirt and --vm-dir exclude each other: one agent per host, one driver per agent")
+	case *lvURI != "":
+		h := agent.NewLibvirt(libvirt.Options{URI: *lvURI, ScratchDir: *lvScratch}, log)
+		defer h.Close()
+		cfg.Driver = h
+	case *lvScratch != "":
+		return usagef("--libvirt-scratch needs --libvirt")
 	}
 	a, err := agent.New(ctx, cfg)
 	if err != nil {
