@@ -625,8 +625,11 @@ func cmdPointRestore(ctx context.Context, e *env, args []string) error {
 }
 
 func cmdVM(ctx context.Context, e *env, args []string) error {
+	if len(args) > 0 && (args[0] == "rebuild" || args[0] == "make-ha") {
+		return cmdVMLocal(ctx, e, args)
+	}
 	if len(args) == 0 || args[0] != "list" {
-		return usagef("usage: lifeboat vm list [--unprotected]")
+		return usagef("usage: lifeboat vm list [--unprotected] | vm rebuild FOLDER --libvirt URI [--ha] | vm make-ha VM --libvirt URI")
 	}
 	fs := flag.NewFlagSet("vm list", flag.ContinueOnError)
 	var cf clientFlags
