@@ -7,10 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 
 	"lifeboat/disk"
 	"lifeboat/disk/formats"
@@ -78,7 +75,7 @@ func (rc *Recovery) planOriginal(ctx context.Context, p *Plan) error {
 			}
 			for _, r := range list {
 				if r.ID == res && r.Config != "" {
-					if err := unix.Access(r.Config, unix.W_OK); err != nil {
+					if err := writable(r.Config, false); err != nil {
 						return refuse(CodeTargetPath, "run the recovery on a cluster node that can write it", "the cluster's definition of the VM, %s, is not writable here: %v", r.Config, err)
 					}
 					p.haConfig = r.Config
@@ -140,17 +137,14 @@ func (rc *Recovery) planOriginal(ctx context.Context, p *Plan) error {
 			format = c.Format
 		}
 		dir := filepath.Dir(lp)
-		if err := unix.Access(dir, unix.W_OK|unix.X_OK); err != nil {
+		if err := writable(dir, true); err != nil {
 			return refuse(CodeTargetPath, "run the recovery as a user that may write there", "the folder of disk %s, %s, is not writable: %v", df.Target, dir, err)
 		}
 		bytes, err := rc.allocated(ctx, p.Point, df.File.Path, true)
 		if err != nil {
 			return err
 		}
-		dev := uint64(0)
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			dev = uint64(st.Dev)
-		}
+		dev := fileDevice(fi)
 		need[dev] += bytes
 		dirOf[dev] = dir
 		p.Disks = append(p.Disks, DiskStep{
@@ -379,9 +373,7 @@ func (rc *Recovery) writeBeside(ctx context.Context, p *Plan, s DiskStep, progre
 	}
 	if fi, err := os.Stat(s.Path); err == nil {
 		os.Chmod(s.Temp, fi.Mode().Perm())
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			os.Chown(s.Temp, int(st.Uid), int(st.Gid))
-		}
+		copyOwner(s.Temp, fi)
 	}
 	return size, nil
 }

@@ -31,8 +31,6 @@ import (
 	"strings"
 	"time"
 
-	"golang.org/x/sys/unix"
-
 	"lifeboat/cluster"
 	"lifeboat/disk"
 	"lifeboat/hypervisor"
@@ -55,10 +53,10 @@ const (
 // ParseMethod accepts a method's name.
 func ParseMethod(s string) (Method, error) {
 	switch m := Method(s); m {
-	case MethodOriginal, MethodVM, MethodFolder:
+	case MethodOriginal, MethodVM, MethodFolder, MethodInstant:
 		return m, nil
 	}
-	return "", fmt.Errorf("unknown recovery method %q (original, vm or folder)", s)
+	return "", fmt.Errorf("unknown recovery method %q (original, vm, folder or instant)", s)
 }
 
 // Error codes of refusals. They are stable: scripts and the API match
@@ -286,6 +284,8 @@ type DiskStep struct {
 	// Source is the disk's path as the VM's configuration names it on
 	// the target host.
 	Source string `json:"source,omitempty"`
+
+	index int // the disk's place in the definition (MethodInstant)
 }
 
 // Plan is a checked request: what Execute will do.
@@ -366,6 +366,8 @@ func (rc *Recovery) Plan(ctx context.Context, req Request) (*Plan, error) {
 		err = rc.planRebuild(ctx, p)
 	case MethodMakeHA:
 		err = rc.planMakeHA(ctx, p)
+	case MethodInstant:
+		err = rc.planInstant(ctx, p)
 	default:
 		return nil, fmt.Errorf("recovery: unknown method %q", req.Method)
 	}
@@ -387,6 +389,9 @@ func (rc *Recovery) Execute(ctx context.Context, p *Plan) (*Result, error) {
 		if !c.OK && c.Name == "verdict" {
 			return nil, errors.New("recovery: the plan was refused: " + c.Detail)
 		}
+	}
+	if p.Method == MethodInstant {
+		return nil, errors.New("recovery: an instant recovery is carried out by StartInstant, which keeps serving")
 	}
 	start := time.Now()
 	var res *Result
@@ -548,11 +553,10 @@ func (rc *Recovery) allocated(ctx context.Context, pt *repo.Point, path string, 
 // checkSpace refuses when a file system lacks room for need bytes (with
 // 1% and 64 MiB to spare).
 func checkSpace(p *Plan, dir string, need int64) error {
-	var st unix.Statfs_t
-	if err := unix.Statfs(dir, &st); err != nil {
+	free, err := freeBytes(dir)
+	if err != nil {
 		return fmt.Errorf("statfs %s: %w", dir, err)
 	}
-	free := int64(st.Bavail) * int64(st.Bsize)
 	want := need + need/100 + 64<<20
 	if free < want {
 		return refuse(CodeNoSpace, "free space there or choose another folder",
@@ -631,7 +635,7 @@ func checkDir(p *Plan, dir string, volumes []string) (string, error) {
 	if err != nil {
 		return "", refuse(CodeTargetPath, "choose a folder that exists or can be created", "target folder %s: %v", dir, err)
 	}
-	if err := unix.Access(anc, unix.W_OK|unix.X_OK); err != nil {
+	if err := writable(anc, true); err != nil {
 		return "", refuse(CodeTargetPath, "choose a folder this process may write", "%s is not writable: %v", anc, err)
 	}
 	p.check("target folder", true, "%s (created under %s)", dir, anc)

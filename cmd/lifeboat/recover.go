@@ -24,7 +24,7 @@ func cmdRecover(ctx context.Context, e *env, args []string) error {
 	fs := flag.NewFlagSet("recover", flag.ContinueOnError)
 	var rf repoFlags
 	rf.register(fs, true)
-	method := fs.String("method", "", "original (overwrite the VM in place), vm (as a VM on any host) or folder (copy to a folder)")
+	method := fs.String("method", "", "original (overwrite the VM in place), vm (as a VM on any host), folder (copy to a folder) or instant (boot from the repository over NBD, serving in the foreground)")
 	point := fs.String("point", "", "point ID")
 	lv := fs.String("libvirt", "", "libvirt URI of the host: the VM's own host (original) or the target (vm)")
 	host := fs.String("host", "", "with --method vm: the target host's libvirt URI (same as --libvirt)")
@@ -44,8 +44,20 @@ func cmdRecover(ctx context.Context, e *env, args []string) error {
 	owner := fs.String("owner", "", "USER[:GROUP] to own restored files")
 	graceful := fs.Duration("graceful-timeout", time.Minute, "with --method original: how long the guest may take to shut down before it is powered off")
 	dry := fs.Bool("dry-run", false, "run the preflight only and print the plan")
+	finalize := fs.Bool("finalize", false, "after --method instant: copy the served VM's disks into qcow2 files in --to and switch it to them")
+	vmName := fs.String("vm", "", "with --finalize: the instantly recovered VM's name (checked)")
 	if _, err := parse(fs, args); err != nil {
 		return err
+	}
+	if *finalize {
+		if *to == "" {
+			return usagef("usage: lifeboat recover --finalize --to DIR [--libvirt URI] [--vm NAME]")
+		}
+		dir, err := filepath.Abs(*to)
+		if err != nil {
+			return err
+		}
+		return finalizeInstant(ctx, e, dir, *vmName)
 	}
 	if *method == "" || *point == "" {
 		return usagef("usage: lifeboat recover --method original|vm|folder --point ID [--libvirt URI] [--to DIR] … (see -h)")
@@ -81,7 +93,7 @@ func cmdRecover(ctx context.Context, e *env, args []string) error {
 		if uri == "" {
 			return usagef("usage: lifeboat recover --method original --point ID --libvirt URI")
 		}
-	case recovery.MethodVM:
+	case recovery.MethodVM, recovery.MethodInstant:
 		if uri == "" || req.Dir == "" {
 			return usagef("usage: lifeboat recover --method vm --point ID --host URI --to DIR [--new-identity] [--ha] [--discard-saved-state] [--keep-chain]")
 		}
@@ -105,6 +117,9 @@ func cmdRecover(ctx context.Context, e *env, args []string) error {
 		}
 		defer drv.Close()
 		req.Driver = drv
+	}
+	if m == recovery.MethodInstant {
+		return runInstant(ctx, e, rf.json, *dry, rc, req)
 	}
 	return planAndRun(ctx, e, rf.json, *dry, rc, req, "recover "+*point)
 }
