@@ -12,4 +12,10 @@ fi
 go vet ./...
 GOOS=windows GOARCH=amd64 go build -o /dev/null ./cmd/lifeboat
 # Two cores: one test binary at a time keeps I/O-heavy tests from starving.
-go test -p 1 -count=1 -timeout 25m ./... "$@"
+# The packages that run a Pacemaker cluster go last: its teardown may
+# outlast their test binary, and nothing that uses the lab runs after it.
+ha='lifeboat/cluster/pacemaker|lifeboat/recovery'
+mapfile -t first < <(go list ./... | grep -Ev "^($ha)(/|$)")
+mapfile -t last < <(go list ./... | grep -E "^($ha)(/|$)")
+go test -p 1 -count=1 -timeout 20m "${first[@]}" "$@"
+go test -p 1 -count=1 -timeout 10m "${last[@]}" "$@"
