@@ -104,9 +104,11 @@ func (e *env) points(name string) []catalog.Point {
 // never overlap, a moved VM keeps getting points on its new node, a
 // restore on the other node is bit-identical, and a new server adopting
 // the repository lists every point again.
-func TestProtectionFlow(t *testing.T) {
+func TestProtectionFlow(t *testing.T) { eachCatalog(t, testProtectionFlow) }
+
+func testProtectionFlow(t *testing.T, cat catalogKind) {
 	clock := &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}
-	e := start(t, server.Config{Clock: clock.Now, ManualSchedule: true})
+	e := start(t, server.Config{DB: cat.db(t), Clock: clock.Now, ManualSchedule: true})
 	root := t.TempDir()
 	shared := filepath.Join(root, "shared")
 	vmA := randomFile(t, filepath.Join(shared, "n1", "vmA", "disk.raw"), 3<<20)
@@ -232,7 +234,7 @@ func TestProtectionFlow(t *testing.T) {
 	// A new server on an empty data folder adopts the repository.
 	all := e.points("")
 	e.stop()
-	e2 := start(t, server.Config{RepoDir: e.srv.RepoDir(), AdoptRepo: true})
+	e2 := start(t, server.Config{DB: cat.db(t), RepoDir: e.srv.RepoDir(), AdoptRepo: true})
 	got := e2.points("")
 	if len(got) != len(all) || e2.srv.Adopted != len(all) {
 		t.Fatalf("adopted %d points (%d listed), want %d", e2.srv.Adopted, len(got), len(all))

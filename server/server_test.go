@@ -151,8 +151,10 @@ func status(t *testing.T, c *http.Client, method, url, token, ctype string, body
 }
 
 // The API refuses what it should with 4xx JSON errors and stays up.
-func TestAPIHygiene(t *testing.T) {
-	e := start(t, server.Config{})
+func TestAPIHygiene(t *testing.T) { eachCatalog(t, testAPIHygiene) }
+
+func testAPIHygiene(t *testing.T, cat catalogKind) {
+	e := start(t, server.Config{DB: cat.db(t)})
 	tok := e.admin.Token
 	u := e.url + api.Prefix
 	for _, c := range []struct {
@@ -219,8 +221,10 @@ func csrPEM(t *testing.T, name string) string {
 
 // Enrollment is one-time; an agent without a valid certificate, or
 // revoked, is refused; a wrong CA pin refuses to enroll.
-func TestAgentSecurity(t *testing.T) {
-	e := start(t, server.Config{})
+func TestAgentSecurity(t *testing.T) { eachCatalog(t, testAgentSecurity) }
+
+func testAgentSecurity(t *testing.T, cat catalogKind) {
+	e := start(t, server.Config{DB: cat.db(t)})
 	ctx := context.Background()
 	tok := e.token("")
 	cfg := agent.Config{Server: e.url, Token: tok, StateDir: t.TempDir(), Name: "a1", CAFingerprint: strings.Repeat("ab", 32),
