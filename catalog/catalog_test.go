@@ -6,15 +6,12 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"lifeboat/catalog"
 	"lifeboat/catalog/catalogtest"
-	"lifeboat/internal/testenv"
 )
 
 func TestSQLite(t *testing.T) {
@@ -29,7 +26,7 @@ func TestSQLite(t *testing.T) {
 }
 
 func TestPostgres(t *testing.T) {
-	dsn := postgresDSN(t)
+	dsn := pg.DSN(t)
 	catalogtest.Run(t, func(t *testing.T) *catalog.Catalog {
 		return openSchema(t, dsn, freshSchema(t, dsn))
 	})
@@ -64,7 +61,7 @@ func TestReopen(t *testing.T) {
 		})
 	})
 	t.Run("Postgres", func(t *testing.T) {
-		dsn := postgresDSN(t)
+		dsn := pg.DSN(t)
 		schema := freshSchema(t, dsn)
 		check(t, func() *catalog.Catalog {
 			c, err := catalog.Open(ctx, withSchema(dsn, schema))
@@ -86,57 +83,12 @@ func TestOpenErrors(t *testing.T) {
 	}
 }
 
-var (
-	pgOnce sync.Once
-	pgDSN  string
-	pgErr  string
-	pgStop bool
-)
-
-// postgresDSN is $LIFEBOAT_PG_DSN, or a private server started with
-// scripts/postgres.sh (as root or under CI; skipped otherwise). A server
-// the tests started is stopped when they end.
-func postgresDSN(t *testing.T) string {
-	t.Helper()
-	if d := os.Getenv("LIFEBOAT_PG_DSN"); d != "" {
-		return d
-	}
-	ci := os.Getenv("CI") != ""
-	if os.Geteuid() != 0 && !ci {
-		t.Skip("PostgreSQL: set LIFEBOAT_PG_DSN, or run as root to start one with scripts/postgres.sh")
-	}
-	pgOnce.Do(func() {
-		script := filepath.Join(testenv.RepoRoot(t), "scripts", "postgres.sh")
-		if exec.Command("bash", script, "status").Run() != nil {
-			pgStop = true
-		}
-		cmd := exec.Command("bash", script, "start")
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			pgErr = "scripts/postgres.sh start: " + err.Error() + "\n" + stderr.String()
-			return
-		}
-		lines := strings.Fields(strings.TrimSpace(string(out)))
-		if len(lines) == 0 {
-			pgErr = "scripts/postgres.sh start printed no DSN"
-			return
-		}
-		pgDSN = lines[len(lines)-1]
-	})
-	if pgErr != "" {
-		t.Fatal(pgErr)
-	}
-	return pgDSN
-}
+// pg is the PostgreSQL server of this test binary.
+var pg catalogtest.Postgres
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if pgStop {
-		script := filepath.Join("..", "scripts", "postgres.sh")
-		exec.Command("bash", script, "stop").Run()
-	}
+	pg.Stop()
 	os.Exit(code)
 }
 

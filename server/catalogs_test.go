@@ -5,15 +5,12 @@ import (
 	"database/sql"
 	"encoding/hex"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx" for freshSchema
 
-	"lifeboat/internal/testenv"
+	"lifeboat/catalog/catalogtest"
 )
 
 // catalogKind is one catalog the integration tests run on. db returns a
@@ -29,7 +26,7 @@ type catalogKind struct {
 var catalogs = []catalogKind{
 	{"SQLite", func(t *testing.T) string { return "" }},
 	{"Postgres", func(t *testing.T) string {
-		dsn := postgresDSN(t)
+		dsn := pg.DSN(t)
 		return withSchema(dsn, freshSchema(t, dsn))
 	}},
 }
@@ -41,56 +38,12 @@ func eachCatalog(t *testing.T, test func(t *testing.T, cat catalogKind)) {
 	}
 }
 
-var (
-	pgOnce sync.Once
-	pgDSN  string
-	pgErr  string
-	pgStop bool
-)
-
-// postgresDSN is $LIFEBOAT_PG_DSN, or a private server started with
-// scripts/postgres.sh (as root or under CI; skipped otherwise), as in
-// catalog/catalog_test.go. A server the tests started is stopped when
-// they end.
-func postgresDSN(t *testing.T) string {
-	t.Helper()
-	if d := os.Getenv("LIFEBOAT_PG_DSN"); d != "" {
-		return d
-	}
-	if os.Geteuid() != 0 && os.Getenv("CI") == "" {
-		t.Skip("PostgreSQL: set LIFEBOAT_PG_DSN, or run as root to start one with scripts/postgres.sh")
-	}
-	pgOnce.Do(func() {
-		script := filepath.Join(testenv.RepoRoot(t), "scripts", "postgres.sh")
-		if exec.Command("bash", script, "status").Run() != nil {
-			pgStop = true
-		}
-		cmd := exec.Command("bash", script, "start")
-		var stderr strings.Builder
-		cmd.Stderr = &stderr
-		out, err := cmd.Output()
-		if err != nil {
-			pgErr = "scripts/postgres.sh start: " + err.Error() + "\n" + stderr.String()
-			return
-		}
-		f := strings.Fields(strings.TrimSpace(string(out)))
-		if len(f) == 0 {
-			pgErr = "scripts/postgres.sh start printed no DSN"
-			return
-		}
-		pgDSN = f[len(f)-1]
-	})
-	if pgErr != "" {
-		t.Fatal(pgErr)
-	}
-	return pgDSN
-}
+// pg is the PostgreSQL server of this test binary.
+var pg catalogtest.Postgres
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if pgStop {
-		exec.Command("bash", filepath.Join("..", "scripts", "postgres.sh"), "stop").Run()
-	}
+	pg.Stop()
 	os.Exit(code)
 }
 
