@@ -2,12 +2,8 @@ package catalog_test
 
 import (
 	"context"
-	"crypto/rand"
-	"database/sql"
-	"encoding/hex"
 	"os"
 	"path/filepath"
-	"strings"
 	"testing"
 
 	"lifeboat/catalog"
@@ -26,9 +22,8 @@ func TestSQLite(t *testing.T) {
 }
 
 func TestPostgres(t *testing.T) {
-	dsn := pg.DSN(t)
 	catalogtest.Run(t, func(t *testing.T) *catalog.Catalog {
-		return openSchema(t, dsn, freshSchema(t, dsn))
+		return openDSN(t, pg.FreshDSN(t))
 	})
 }
 
@@ -61,10 +56,9 @@ func TestReopen(t *testing.T) {
 		})
 	})
 	t.Run("Postgres", func(t *testing.T) {
-		dsn := pg.DSN(t)
-		schema := freshSchema(t, dsn)
+		fresh := pg.FreshDSN(t)
 		check(t, func() *catalog.Catalog {
-			c, err := catalog.Open(ctx, withSchema(dsn, schema))
+			c, err := catalog.Open(ctx, fresh)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -92,38 +86,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freshSchema makes an empty schema for one test, dropped after it.
-func freshSchema(t *testing.T, dsn string) string {
+func openDSN(t *testing.T, dsn string) *catalog.Catalog {
 	t.Helper()
-	var b [6]byte
-	rand.Read(b[:])
-	schema := "lbtest_" + hex.EncodeToString(b[:])
-	db, err := sql.Open("pgx", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`CREATE SCHEMA ` + schema); err != nil {
-		db.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		db.Exec(`DROP SCHEMA ` + schema + ` CASCADE`)
-		db.Close()
-	})
-	return schema
-}
-
-func withSchema(dsn, schema string) string {
-	sep := "?"
-	if strings.Contains(dsn, "?") {
-		sep = "&"
-	}
-	return dsn + sep + "search_path=" + schema
-}
-
-func openSchema(t *testing.T, dsn, schema string) *catalog.Catalog {
-	t.Helper()
-	c, err := catalog.Open(context.Background(), withSchema(dsn, schema))
+	c, err := catalog.Open(context.Background(), dsn)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,11 +1,7 @@
 package server_test
 
 import (
-	"crypto/rand"
-	"database/sql"
-	"encoding/hex"
 	"os"
-	"strings"
 	"testing"
 
 	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx" for freshSchema
@@ -26,8 +22,7 @@ type catalogKind struct {
 var catalogs = []catalogKind{
 	{"SQLite", func(t *testing.T) string { return "" }},
 	{"Postgres", func(t *testing.T) string {
-		dsn := pg.DSN(t)
-		return withSchema(dsn, freshSchema(t, dsn))
+		return pg.FreshDSN(t)
 	}},
 }
 
@@ -45,34 +40,4 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	pg.Stop()
 	os.Exit(code)
-}
-
-// freshSchema makes an empty schema for one server, dropped when the test
-// ends (after the server, whose cleanup was registered later, closed).
-func freshSchema(t *testing.T, dsn string) string {
-	t.Helper()
-	var b [6]byte
-	rand.Read(b[:])
-	schema := "lbsrv_" + hex.EncodeToString(b[:])
-	db, err := sql.Open("pgx", dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec(`CREATE SCHEMA ` + schema); err != nil {
-		db.Close()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		db.Exec(`DROP SCHEMA ` + schema + ` CASCADE`)
-		db.Close()
-	})
-	return schema
-}
-
-func withSchema(dsn, schema string) string {
-	sep := "?"
-	if strings.Contains(dsn, "?") {
-		sep = "&"
-	}
-	return dsn + sep + "search_path=" + schema
 }

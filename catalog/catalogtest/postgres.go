@@ -1,12 +1,17 @@
 package catalogtest
 
 import (
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
+
+	_ "github.com/jackc/pgx/v5/stdlib" // the "pgx" driver FreshDSN uses
 
 	"lifeboat/internal/testenv"
 )
@@ -63,4 +68,32 @@ func (p *Postgres) Stop() {
 	if p.started && p.script != "" {
 		exec.Command("bash", p.script, "stop").Run()
 	}
+}
+
+// FreshDSN makes an empty schema for one test and returns the server's
+// DSN with that schema as its search path; the schema is dropped when the
+// test ends (after cleanups registered later, such as a server's close).
+func (p *Postgres) FreshDSN(t *testing.T) string {
+	t.Helper()
+	dsn := p.DSN(t)
+	var b [6]byte
+	rand.Read(b[:])
+	schema := "lbtest_" + hex.EncodeToString(b[:])
+	db, err := sql.Open("pgx", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`CREATE SCHEMA ` + schema); err != nil {
+		db.Close()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		db.Exec(`DROP SCHEMA ` + schema + ` CASCADE`)
+		db.Close()
+	})
+	sep := "?"
+	if strings.Contains(dsn, "?") {
+		sep = "&"
+	}
+	return dsn + sep + "search_path=" + schema
 }
