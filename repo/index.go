@@ -159,3 +159,31 @@ func (r *reader) next(n int) []byte {
 func (r *reader) u8() uint8   { return r.next(1)[0] }
 func (r *reader) u32() uint32 { return binary.LittleEndian.Uint32(r.next(4)) }
 func (r *reader) u64() uint64 { return binary.LittleEndian.Uint64(r.next(8)) }
+
+// ExtentsOf describes [off, off+length) of the stored file as a
+// disk.Image's Extents would: the stored layer map of a differencing
+// layer, or Data for stored slots and Unallocated for holes.
+func (x *Index) ExtentsOf(off, length int64) []disk.Extent {
+	off, length = disk.ClampRange(off, length, x.Size)
+	end := off + length
+	var out []disk.Extent
+	if x.Extents != nil {
+		for _, e := range x.Extents {
+			lo, hi := max(e.Offset, off), min(e.End(), end)
+			if lo < hi {
+				out = disk.AppendExtent(out, disk.Extent{Offset: lo, Length: hi - lo, Kind: e.Kind})
+			}
+		}
+		return out
+	}
+	cs := x.ChunkSize
+	for s := off / cs; s*cs < end; s++ {
+		lo, hi := max(s*cs, off), min((s+1)*cs, end)
+		k := disk.Data
+		if x.Slots[s].Hole {
+			k = disk.Unallocated
+		}
+		out = disk.AppendExtent(out, disk.Extent{Offset: lo, Length: hi - lo, Kind: k})
+	}
+	return out
+}

@@ -92,28 +92,7 @@ func (m *FileImage) Close() error {
 // Extents returns the stored layer map, or for base layers Data for
 // stored slots and Unallocated for holes.
 func (m *FileImage) Extents(ctx context.Context, off, length int64) ([]disk.Extent, error) {
-	off, length = disk.ClampRange(off, length, m.x.Size)
-	end := off + length
-	var out []disk.Extent
-	if m.x.Extents != nil {
-		for _, e := range m.x.Extents {
-			lo, hi := max(e.Offset, off), min(e.End(), end)
-			if lo < hi {
-				out = disk.AppendExtent(out, disk.Extent{Offset: lo, Length: hi - lo, Kind: e.Kind})
-			}
-		}
-		return out, nil
-	}
-	cs := m.x.ChunkSize
-	for s := off / cs; s*cs < end; s++ {
-		lo, hi := max(s*cs, off), min((s+1)*cs, end)
-		k := disk.Data
-		if m.x.Slots[s].Hole {
-			k = disk.Unallocated
-		}
-		out = disk.AppendExtent(out, disk.Extent{Offset: lo, Length: hi - lo, Kind: k})
-	}
-	return out, nil
+	return m.x.ExtentsOf(off, length), nil
 }
 
 // ReadAt reads guest-visible bytes, through the parent where this layer
@@ -127,7 +106,7 @@ func (m *FileImage) ReadAt(p []byte, off int64) (int, error) {
 	}
 	n := int(min(int64(len(p)), m.x.Size-off))
 	if m.x.Extents != nil {
-		ext, _ := m.Extents(m.ctx, off, int64(n))
+		ext := m.x.ExtentsOf(off, int64(n))
 		for _, e := range ext {
 			dst := p[e.Offset-off : e.End()-off]
 			switch e.Kind {

@@ -262,28 +262,7 @@ func (m *tapeImage) Close() error        { return nil }
 // Extents is the stored layer map, or Data for stored slots and
 // Unallocated for holes, as repo.FileImage has it.
 func (m *tapeImage) Extents(ctx context.Context, off, length int64) ([]disk.Extent, error) {
-	off, length = disk.ClampRange(off, length, m.x.Size)
-	end := off + length
-	var out []disk.Extent
-	if m.x.Extents != nil {
-		for _, e := range m.x.Extents {
-			lo, hi := max(e.Offset, off), min(e.End(), end)
-			if lo < hi {
-				out = disk.AppendExtent(out, disk.Extent{Offset: lo, Length: hi - lo, Kind: e.Kind})
-			}
-		}
-		return out, nil
-	}
-	cs := m.x.ChunkSize
-	for s := off / cs; s*cs < end; s++ {
-		lo, hi := max(s*cs, off), min((s+1)*cs, end)
-		k := disk.Data
-		if m.x.Slots[s].Hole {
-			k = disk.Unallocated
-		}
-		out = disk.AppendExtent(out, disk.Extent{Offset: lo, Length: hi - lo, Kind: k})
-	}
-	return out, nil
+	return m.x.ExtentsOf(off, length), nil
 }
 
 // ReadAt returns the layer's stored bytes (zeros in holes).
