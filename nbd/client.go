@@ -37,6 +37,8 @@ import (
 	"slices"
 	"sync"
 	"time"
+
+	"lifeboat/nbd/internal/wire"
 )
 
 // Options tune a connection.
@@ -286,7 +288,7 @@ func (c *Client) start(ctx context.Context, req *request, flags uint16) error {
 	}
 	req.done = make(chan struct{})
 	var hdr [28]byte
-	binary.BigEndian.PutUint32(hdr[0:], requestMagic)
+	binary.BigEndian.PutUint32(hdr[0:], wire.RequestMagic)
 	binary.BigEndian.PutUint16(hdr[4:], flags)
 	binary.BigEndian.PutUint16(hdr[6:], req.cmd)
 	binary.BigEndian.PutUint64(hdr[16:], uint64(req.off))
@@ -429,7 +431,7 @@ func (c *Client) readReplies() error {
 			return c.readErr(err, "a reply")
 		}
 		switch m := be32(hdr[:4]); m {
-		case simpleReplyMagic:
+		case wire.SimpleReplyMagic:
 			if _, err := io.ReadFull(c.br, hdr[4:16]); err != nil {
 				return c.readErr(err, "a reply header")
 			}
@@ -442,7 +444,7 @@ func (c *Client) readReplies() error {
 				return err
 			}
 			c.complete(r)
-		case structuredReplyMagic:
+		case wire.StructuredReplyMagic:
 			if _, err := io.ReadFull(c.br, hdr[4:20]); err != nil {
 				return c.readErr(err, "a reply chunk header")
 			}
@@ -454,10 +456,10 @@ func (c *Client) readReplies() error {
 			if err := c.chunk(r, typ, length); err != nil {
 				return err
 			}
-			if flags&replyFlagDone != 0 {
+			if flags&wire.ReplyFlagDone != 0 {
 				r.finish()
 				c.complete(r)
-			} else if typ == replyTypeNone {
+			} else if typ == wire.ReplyTypeNone {
 				return r.protoErr("NBD_REPLY_TYPE_NONE chunk without the done flag")
 			}
 		default:
@@ -483,11 +485,11 @@ func (c *Client) simpleReply(r *request, errno uint32) error {
 		return nil
 	}
 	switch r.cmd {
-	case cmdRead:
+	case wire.CmdRead:
 		if _, err := io.ReadFull(c.br, r.buf); err != nil {
 			return c.readErr(err, fmt.Sprintf("data of read at offset %d", r.off))
 		}
-	case cmdBlockStatus:
+	case wire.CmdBlockStatus:
 		r.err = r.protoErr("simple reply without block status")
 	}
 	return nil
@@ -498,13 +500,13 @@ func (c *Client) simpleReply(r *request, errno uint32) error {
 func (c *Client) chunk(r *request, typ uint16, length uint32) error {
 	r.chunks++
 	switch typ {
-	case replyTypeNone:
+	case wire.ReplyTypeNone:
 		if length != 0 {
 			return r.protoErr("NBD_REPLY_TYPE_NONE with %d bytes of payload", length)
 		}
 		return nil
-	case replyTypeOffsetData:
-		if r.cmd != cmdRead {
+	case wire.ReplyTypeOffsetData:
+		if r.cmd != wire.CmdRead {
 			return r.protoErr("data chunk in reply to %s", cmdName(r.cmd))
 		}
 		if length < 9 || int64(length-8) > r.length {
@@ -522,8 +524,8 @@ func (c *Client) chunk(r *request, typ uint16, length uint32) error {
 			return c.readErr(err, fmt.Sprintf("data of read at offset %d", r.off))
 		}
 		return nil
-	case replyTypeOffsetHole:
-		if r.cmd != cmdRead {
+	case wire.ReplyTypeOffsetHole:
+		if r.cmd != wire.CmdRead {
 			return r.protoErr("hole chunk in reply to %s", cmdName(r.cmd))
 		}
 		if length != 12 {
@@ -543,10 +545,10 @@ func (c *Client) chunk(r *request, typ uint16, length uint32) error {
 		}
 		clear(r.buf[rel : rel+int64(size)])
 		return nil
-	case replyTypeBlockStatus:
+	case wire.ReplyTypeBlockStatus:
 		return c.blockStatusChunk(r, length)
 	}
-	if typ&replyTypeErrBit == 0 {
+	if typ&wire.ReplyTypeErrBit == 0 {
 		return r.protoErr("unknown reply chunk type %d", typ)
 	}
 	// An error chunk, known or not.
@@ -567,8 +569,8 @@ func (c *Client) chunk(r *request, typ uint16, length uint32) error {
 		e.Message = "(server sent error 0) " + e.Message
 	}
 	switch typ {
-	case replyTypeError:
-	case replyTypeErrorOffset:
+	case wire.ReplyTypeError:
+	case wire.ReplyTypeErrorOffset:
 		if len(b)-6-mlen != 8 {
 			return r.protoErr("error-offset chunk with %d trailing bytes", len(b)-6-mlen)
 		}
@@ -628,7 +630,7 @@ func (r *request) finish() {
 		return
 	}
 	switch r.cmd {
-	case cmdRead:
+	case wire.CmdRead:
 		if len(r.covered) != 1 || r.covered[0].start != 0 || r.covered[0].end != r.length {
 			var got int64
 			for _, s := range r.covered {
@@ -636,7 +638,7 @@ func (r *request) finish() {
 			}
 			r.err = r.protoErr("reply ended after %d of %d bytes", got, r.length)
 		}
-	case cmdBlockStatus:
+	case wire.CmdBlockStatus:
 		if !slices.Contains(r.seen, r.want) {
 			r.err = r.protoErr("reply has no block status for the context asked for")
 		}
@@ -645,7 +647,7 @@ func (r *request) finish() {
 
 // blockStatusChunk reads an NBD_REPLY_TYPE_BLOCK_STATUS payload.
 func (c *Client) blockStatusChunk(r *request, length uint32) error {
-	if r.cmd != cmdBlockStatus {
+	if r.cmd != wire.CmdBlockStatus {
 		return r.protoErr("block status chunk in reply to %s", cmdName(r.cmd))
 	}
 	if length < 12 || (length-4)%8 != 0 || (length-4)/8 > maxDescriptors {
@@ -778,7 +780,7 @@ func (c *Client) read(p []byte, off int64) error {
 	reqs := make([]*request, 0, len(pieces))
 	var firstErr error
 	for _, pc := range pieces {
-		r := &request{cmd: cmdRead, off: pc.off, length: int64(len(pc.buf)), buf: pc.buf}
+		r := &request{cmd: wire.CmdRead, off: pc.off, length: int64(len(pc.buf)), buf: pc.buf}
 		if err := c.start(context.Background(), r, 0); err != nil {
 			firstErr = err
 			break
@@ -831,8 +833,8 @@ func (c *Client) Close() error {
 		c.mu.Unlock()
 		if alive {
 			var hdr [28]byte
-			binary.BigEndian.PutUint32(hdr[0:], requestMagic)
-			binary.BigEndian.PutUint16(hdr[6:], cmdDisc)
+			binary.BigEndian.PutUint32(hdr[0:], wire.RequestMagic)
+			binary.BigEndian.PutUint16(hdr[6:], wire.CmdDisc)
 			if err := c.write(hdr[:]); err != nil {
 				c.closeErr = &ConnError{Msg: "sending disconnect", Err: err}
 			} else if cw, ok := c.conn.(interface{ CloseWrite() error }); ok {

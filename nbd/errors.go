@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"lifeboat/nbd/internal/wire"
 )
 
 var (
@@ -117,9 +119,9 @@ type OptionError struct {
 func (e *OptionError) Error() string {
 	s := fmt.Sprintf("nbd: %s for export %q refused with %s", e.Option, e.Export, e.Reply)
 	switch e.code {
-	case repErrUnknown:
+	case wire.RepErrUnknown:
 		s += " (export not found)"
-	case repErrTLSReqd:
+	case wire.RepErrTLSReqd:
 		s += " (server requires TLS, which this client does not support)"
 	}
 	if e.Message != "" {
@@ -132,9 +134,9 @@ func (e *OptionError) Error() string {
 func (e *OptionError) Is(target error) bool {
 	switch target {
 	case ErrUnknownExport:
-		return e.code == repErrUnknown
+		return e.code == wire.RepErrUnknown
 	case ErrTLSRequired:
-		return e.code == repErrTLSReqd
+		return e.code == wire.RepErrTLSReqd
 	}
 	return false
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"lifeboat/disk"
+	"lifeboat/nbd/internal/wire"
 )
 
 // A scripted server for protocol edge cases qemu never produces, and for
@@ -81,7 +82,7 @@ func playScript(conn net.Conn, segs [][]byte, silence time.Duration) *scripted {
 				if _, err := io.ReadFull(conn, m.data); err != nil {
 					return
 				}
-			case be32(b[:4]) == requestMagic:
+			case be32(b[:4]) == wire.RequestMagic:
 				if _, err := io.ReadFull(conn, b[4:28]); err != nil {
 					return
 				}
@@ -131,13 +132,13 @@ func playScript(conn net.Conn, segs [][]byte, silence time.Duration) *scripted {
 // Builders of server messages.
 
 func msgGreeting(hflags uint16) []byte {
-	b := binary.BigEndian.AppendUint64(nil, nbdMagic)
-	b = binary.BigEndian.AppendUint64(b, optsMagic)
+	b := binary.BigEndian.AppendUint64(nil, wire.NBDMagic)
+	b = binary.BigEndian.AppendUint64(b, wire.OptsMagic)
 	return binary.BigEndian.AppendUint16(b, hflags)
 }
 
 func msgOptReply(opt, typ uint32, data []byte) []byte {
-	b := binary.BigEndian.AppendUint64(nil, optReplyMagic)
+	b := binary.BigEndian.AppendUint64(nil, wire.OptReplyMagic)
 	b = binary.BigEndian.AppendUint32(b, opt)
 	b = binary.BigEndian.AppendUint32(b, typ)
 	b = binary.BigEndian.AppendUint32(b, uint32(len(data)))
@@ -145,33 +146,33 @@ func msgOptReply(opt, typ uint32, data []byte) []byte {
 }
 
 func msgMetaContext(id uint32, name string) []byte {
-	return msgOptReply(optSetMetaContext, repMetaContext, append(binary.BigEndian.AppendUint32(nil, id), name...))
+	return msgOptReply(wire.OptSetMetaContext, wire.RepMetaContext, append(binary.BigEndian.AppendUint32(nil, id), name...))
 }
 
 func msgInfoExport(size uint64, flags uint16) []byte {
-	d := binary.BigEndian.AppendUint16(nil, infoExport)
+	d := binary.BigEndian.AppendUint16(nil, wire.InfoExport)
 	d = binary.BigEndian.AppendUint64(d, size)
 	d = binary.BigEndian.AppendUint16(d, flags)
-	return msgOptReply(optGo, repInfo, d)
+	return msgOptReply(wire.OptGo, wire.RepInfo, d)
 }
 
 func msgInfoBlockSize(minB, pref, maxB uint32) []byte {
-	d := binary.BigEndian.AppendUint16(nil, infoBlockSize)
+	d := binary.BigEndian.AppendUint16(nil, wire.InfoBlockSize)
 	d = binary.BigEndian.AppendUint32(d, minB)
 	d = binary.BigEndian.AppendUint32(d, pref)
 	d = binary.BigEndian.AppendUint32(d, maxB)
-	return msgOptReply(optGo, repInfo, d)
+	return msgOptReply(wire.OptGo, wire.RepInfo, d)
 }
 
 func msgSimple(errno uint32, cookie uint64, data []byte) []byte {
-	b := binary.BigEndian.AppendUint32(nil, simpleReplyMagic)
+	b := binary.BigEndian.AppendUint32(nil, wire.SimpleReplyMagic)
 	b = binary.BigEndian.AppendUint32(b, errno)
 	b = binary.BigEndian.AppendUint64(b, cookie)
 	return append(b, data...)
 }
 
 func msgChunk(flags, typ uint16, cookie uint64, payload []byte) []byte {
-	b := binary.BigEndian.AppendUint32(nil, structuredReplyMagic)
+	b := binary.BigEndian.AppendUint32(nil, wire.StructuredReplyMagic)
 	b = binary.BigEndian.AppendUint16(b, flags)
 	b = binary.BigEndian.AppendUint16(b, typ)
 	b = binary.BigEndian.AppendUint64(b, cookie)
@@ -187,12 +188,12 @@ func msgChunkClaim(flags, typ uint16, cookie uint64, n uint32) []byte {
 }
 
 func msgData(flags uint16, cookie, off uint64, data []byte) []byte {
-	return msgChunk(flags, replyTypeOffsetData, cookie, append(binary.BigEndian.AppendUint64(nil, off), data...))
+	return msgChunk(flags, wire.ReplyTypeOffsetData, cookie, append(binary.BigEndian.AppendUint64(nil, off), data...))
 }
 
 func msgHole(flags uint16, cookie, off uint64, n uint32) []byte {
 	p := binary.BigEndian.AppendUint64(nil, off)
-	return msgChunk(flags, replyTypeOffsetHole, cookie, binary.BigEndian.AppendUint32(p, n))
+	return msgChunk(flags, wire.ReplyTypeOffsetHole, cookie, binary.BigEndian.AppendUint32(p, n))
 }
 
 func msgStatus(flags uint16, cookie uint64, id uint32, desc ...uint32) []byte {
@@ -200,16 +201,18 @@ func msgStatus(flags uint16, cookie uint64, id uint32, desc ...uint32) []byte {
 	for _, d := range desc {
 		p = binary.BigEndian.AppendUint32(p, d)
 	}
-	return msgChunk(flags, replyTypeBlockStatus, cookie, p)
+	return msgChunk(flags, wire.ReplyTypeBlockStatus, cookie, p)
 }
 
 func msgError(flags uint16, cookie uint64, errno uint32, msg string) []byte {
 	p := binary.BigEndian.AppendUint32(nil, errno)
 	p = binary.BigEndian.AppendUint16(p, uint16(len(msg)))
-	return msgChunk(flags, replyTypeError, cookie, append(p, msg...))
+	return msgChunk(flags, wire.ReplyTypeError, cookie, append(p, msg...))
 }
 
-func msgNone(cookie uint64) []byte { return msgChunk(replyFlagDone, replyTypeNone, cookie, nil) }
+func msgNone(cookie uint64) []byte {
+	return msgChunk(wire.ReplyFlagDone, wire.ReplyTypeNone, cookie, nil)
+}
 
 func cat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 
@@ -218,11 +221,11 @@ func cat(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
 // "b0" as context 2, an export of size bytes.
 func handshakeSegs(size uint64, minB, maxB uint32) [][]byte {
 	return [][]byte{
-		msgGreeting(flagFixedNewstyle | flagNoZeroes),
+		msgGreeting(wire.FlagFixedNewstyle | wire.FlagNoZeroes),
 		nil, // after the client flags
-		msgOptReply(optStructuredReply, repAck, nil),
-		cat(msgMetaContext(1, BaseAllocation), msgMetaContext(2, DirtyBitmapContext("b0")), msgOptReply(optSetMetaContext, repAck, nil)),
-		cat(msgInfoExport(size, flagHasFlags|flagReadOnly), msgInfoBlockSize(minB, 4096, maxB), msgOptReply(optGo, repAck, nil)),
+		msgOptReply(wire.OptStructuredReply, wire.RepAck, nil),
+		cat(msgMetaContext(1, BaseAllocation), msgMetaContext(2, DirtyBitmapContext("b0")), msgOptReply(wire.OptSetMetaContext, wire.RepAck, nil)),
+		cat(msgInfoExport(size, wire.FlagHasFlags|wire.FlagReadOnly), msgInfoBlockSize(minB, 4096, maxB), msgOptReply(wire.OptGo, wire.RepAck, nil)),
 	}
 }
 
@@ -253,7 +256,7 @@ func TestScriptedReadReassembly(t *testing.T) {
 			msgHole(0, 2, 4096, 4096),
 			msgData(0, 3, 8192, content[8192:8192+1000]),
 			msgNone(3),
-			msgData(replyFlagDone, 1, 100, content[100:4096]),
+			msgData(wire.ReplyFlagDone, 1, 100, content[100:4096]),
 			msgNone(2),
 		),
 		nil, // NBD_CMD_DISC
@@ -276,11 +279,11 @@ func TestScriptedReadReassembly(t *testing.T) {
 	}
 	msgs := s.messages()
 	last := msgs[len(msgs)-1]
-	if !last.isReq || last.cmd != cmdDisc {
+	if !last.isReq || last.cmd != wire.CmdDisc {
 		t.Fatalf("last message %+v, want NBD_CMD_DISC", last)
 	}
 	for _, m := range msgs[:len(msgs)-1] {
-		if m.isReq && (m.cmd != cmdRead || m.length != 4096 || m.flags != 0) {
+		if m.isReq && (m.cmd != wire.CmdRead || m.length != 4096 || m.flags != 0) {
 			t.Errorf("request %+v", m)
 		}
 	}
@@ -291,10 +294,10 @@ func TestScriptedReadReassembly(t *testing.T) {
 // ignores the other context's chunk.
 func TestScriptedShortBlockStatus(t *testing.T) {
 	segs := append(handshakeSegs(1<<20, 1, 1<<20),
-		cat(msgStatus(0, 1, 2, 1<<20, 1), msgStatus(replyFlagDone, 1, 1, 1000, 0, 2000, StateHole|StateZero)),
-		cat(msgStatus(0, 2, 1, 500, StateHole|StateZero, 7000, StateZero), msgStatus(replyFlagDone, 2, 2, 1<<19, 0)),
+		cat(msgStatus(0, 1, 2, 1<<20, 1), msgStatus(wire.ReplyFlagDone, 1, 1, 1000, 0, 2000, StateHole|StateZero)),
+		cat(msgStatus(0, 2, 1, 500, StateHole|StateZero, 7000, StateZero), msgStatus(wire.ReplyFlagDone, 2, 2, 1<<19, 0)),
 		// The final descriptor runs past the request: clipped.
-		msgStatus(replyFlagDone, 3, 1, 1<<20, 0),
+		msgStatus(wire.ReplyFlagDone, 3, 1, 1<<20, 0),
 	)
 	c, _, err := dialScript(t, segs, Options{MetaContexts: []string{DirtyBitmapContext("b0")}})
 	if err != nil {
@@ -324,19 +327,19 @@ func TestScriptedBadReplies(t *testing.T) {
 		reply []byte
 		want  string
 	}{
-		{"data-outside", msgData(replyFlagDone, 1, 4096, make([]byte, 10)), "outside the request"},
-		{"data-before", msgData(replyFlagDone, 1, 0, make([]byte, 10)), "outside the request"},
-		{"overlap", cat(msgData(0, 1, 1000, make([]byte, 100)), msgHole(replyFlagDone, 1, 1050, 10)), "overlaps"},
-		{"short", msgData(replyFlagDone, 1, 1000, make([]byte, 100)), "ended after 100 of 1000 bytes"},
-		{"unknown-cookie", msgData(replyFlagDone, 99, 1000, make([]byte, 1000)), "unknown handle"},
+		{"data-outside", msgData(wire.ReplyFlagDone, 1, 4096, make([]byte, 10)), "outside the request"},
+		{"data-before", msgData(wire.ReplyFlagDone, 1, 0, make([]byte, 10)), "outside the request"},
+		{"overlap", cat(msgData(0, 1, 1000, make([]byte, 100)), msgHole(wire.ReplyFlagDone, 1, 1050, 10)), "overlaps"},
+		{"short", msgData(wire.ReplyFlagDone, 1, 1000, make([]byte, 100)), "ended after 100 of 1000 bytes"},
+		{"unknown-cookie", msgData(wire.ReplyFlagDone, 99, 1000, make([]byte, 1000)), "unknown handle"},
 		{"bad-magic", []byte("garbage garbage garbage"), "bad reply magic"},
-		{"status-for-read", msgStatus(replyFlagDone, 1, 1, 1000, 0), "block status chunk in reply to read"},
-		{"unknown-type", msgChunk(replyFlagDone, 77, 1, nil), "unknown reply chunk type"},
-		{"huge-error", msgChunkClaim(replyFlagDone, replyTypeError, 1, 70000), "error chunk of 70000 bytes"},
-		{"huge-data", msgChunkClaim(replyFlagDone, replyTypeOffsetData, 1, 1<<31), "data chunk of 2147483640 bytes in reply to a read of 1000"},
-		{"error-message-too-long", msgChunk(replyFlagDone, replyTypeError, 1, []byte{0, 0, 0, 5, 0, 9, 'x'}), "error message of 9 bytes"},
-		{"server-error", msgError(replyFlagDone, 1, 5, "disk on fire\n"), `server error EIO (input/output error): disk on fire\n`},
-		{"hole-zero", msgHole(replyFlagDone, 1, 1000, 0), "hole chunk of length 0"},
+		{"status-for-read", msgStatus(wire.ReplyFlagDone, 1, 1, 1000, 0), "block status chunk in reply to read"},
+		{"unknown-type", msgChunk(wire.ReplyFlagDone, 77, 1, nil), "unknown reply chunk type"},
+		{"huge-error", msgChunkClaim(wire.ReplyFlagDone, wire.ReplyTypeError, 1, 70000), "error chunk of 70000 bytes"},
+		{"huge-data", msgChunkClaim(wire.ReplyFlagDone, wire.ReplyTypeOffsetData, 1, 1<<31), "data chunk of 2147483640 bytes in reply to a read of 1000"},
+		{"error-message-too-long", msgChunk(wire.ReplyFlagDone, wire.ReplyTypeError, 1, []byte{0, 0, 0, 5, 0, 9, 'x'}), "error message of 9 bytes"},
+		{"server-error", msgError(wire.ReplyFlagDone, 1, 5, "disk on fire\n"), `server error EIO (input/output error): disk on fire\n`},
+		{"hole-zero", msgHole(wire.ReplyFlagDone, 1, 1000, 0), "hole chunk of length 0"},
 		{"simple-error", msgSimple(28, 1, nil), "ENOSPC"},
 		{"hangup", msgData(0, 1, 1000, make([]byte, 10)), "server closed the connection"},
 	}
@@ -363,15 +366,15 @@ func TestScriptedBadBlockStatus(t *testing.T) {
 		reply []byte
 		want  string
 	}{
-		{"past-end", msgStatus(replyFlagDone, 1, 1, 500, 0, 600, 0, 100, 0), "run past the request end"},
-		{"zero-length", msgStatus(replyFlagDone, 1, 1, 0, 0), "has length 0"},
-		{"unknown-context", msgStatus(replyFlagDone, 1, 9, 100, 0), "unknown metadata context ID 9"},
-		{"twice", cat(msgStatus(0, 1, 1, 100, 0), msgStatus(replyFlagDone, 1, 1, 100, 0)), "two block status chunks"},
-		{"missing", msgStatus(replyFlagDone, 1, 2, 100, 0), "no block status for the context"},
-		{"odd-length", msgChunk(replyFlagDone, replyTypeBlockStatus, 1, make([]byte, 13)), "block status chunk of 13 bytes"},
-		{"too-short", msgChunk(replyFlagDone, replyTypeBlockStatus, 1, make([]byte, 4)), "block status chunk of 4 bytes"},
-		{"huge", msgChunkClaim(replyFlagDone, replyTypeBlockStatus, 1, 1<<30+4), "block status chunk of 1073741828 bytes"},
-		{"data-chunk", msgData(replyFlagDone, 1, 0, []byte{1}), "data chunk in reply to block status"},
+		{"past-end", msgStatus(wire.ReplyFlagDone, 1, 1, 500, 0, 600, 0, 100, 0), "run past the request end"},
+		{"zero-length", msgStatus(wire.ReplyFlagDone, 1, 1, 0, 0), "has length 0"},
+		{"unknown-context", msgStatus(wire.ReplyFlagDone, 1, 9, 100, 0), "unknown metadata context ID 9"},
+		{"twice", cat(msgStatus(0, 1, 1, 100, 0), msgStatus(wire.ReplyFlagDone, 1, 1, 100, 0)), "two block status chunks"},
+		{"missing", msgStatus(wire.ReplyFlagDone, 1, 2, 100, 0), "no block status for the context"},
+		{"odd-length", msgChunk(wire.ReplyFlagDone, wire.ReplyTypeBlockStatus, 1, make([]byte, 13)), "block status chunk of 13 bytes"},
+		{"too-short", msgChunk(wire.ReplyFlagDone, wire.ReplyTypeBlockStatus, 1, make([]byte, 4)), "block status chunk of 4 bytes"},
+		{"huge", msgChunkClaim(wire.ReplyFlagDone, wire.ReplyTypeBlockStatus, 1, 1<<30+4), "block status chunk of 1073741828 bytes"},
+		{"data-chunk", msgData(wire.ReplyFlagDone, 1, 0, []byte{1}), "data chunk in reply to block status"},
 		{"simple-ok", msgSimple(0, 1, nil), "simple reply without block status"},
 	}
 	for _, tc := range cases {
@@ -396,9 +399,9 @@ func TestScriptedBadHandshake(t *testing.T) {
 		s[i] = seg
 		return s[:i+1]
 	}
-	huge := binary.BigEndian.AppendUint64(nil, optReplyMagic)
-	huge = binary.BigEndian.AppendUint32(huge, optStructuredReply)
-	huge = binary.BigEndian.AppendUint32(huge, repAck)
+	huge := binary.BigEndian.AppendUint64(nil, wire.OptReplyMagic)
+	huge = binary.BigEndian.AppendUint32(huge, wire.OptStructuredReply)
+	huge = binary.BigEndian.AppendUint32(huge, wire.RepAck)
 	huge = binary.BigEndian.AppendUint32(huge, 1<<30)
 	cases := []struct {
 		name string
@@ -406,17 +409,17 @@ func TestScriptedBadHandshake(t *testing.T) {
 		want string
 	}{
 		{"not-nbd", [][]byte{[]byte("SSH-2.0-OpenSSH_9.2p1 Debian\r\n")}, "not an NBD server"},
-		{"oldstyle", [][]byte{cat(binary.BigEndian.AppendUint64(nil, nbdMagic), binary.BigEndian.AppendUint64(nil, oldstyleMagic))}, "oldstyle"},
+		{"oldstyle", [][]byte{cat(binary.BigEndian.AppendUint64(nil, wire.NBDMagic), binary.BigEndian.AppendUint64(nil, wire.OldstyleMagic))}, "oldstyle"},
 		{"huge-option-reply", with(2, huge), "claims 1073741824 bytes"},
-		{"wrong-option", with(2, msgOptReply(optGo, repAck, nil)), "is for NBD_OPT_GO"},
-		{"tls", with(2, msgOptReply(optStructuredReply, repErrTLSReqd, []byte("use TLS"))), "requires TLS"},
-		{"no-export-info", with(4, msgOptReply(optGo, repAck, nil)), "without NBD_INFO_EXPORT"},
-		{"size-out-of-range", with(4, cat(msgInfoExport(1<<63, 1), msgOptReply(optGo, repAck, nil))), "out of range"},
-		{"bad-min-block", with(4, cat(msgInfoExport(4096, 1), msgInfoBlockSize(3, 4096, 1<<20), msgOptReply(optGo, repAck, nil))), "minimum block size 3"},
-		{"max-below-min", with(4, cat(msgInfoExport(4096, 1), msgInfoBlockSize(4096, 4096, 512), msgOptReply(optGo, repAck, nil))), "below the minimum"},
-		{"unknown-export", with(4, msgOptReply(optGo, repErrUnknown, []byte("no such export"))), "export not found"},
+		{"wrong-option", with(2, msgOptReply(wire.OptGo, wire.RepAck, nil)), "is for NBD_OPT_GO"},
+		{"tls", with(2, msgOptReply(wire.OptStructuredReply, wire.RepErrTLSReqd, []byte("use TLS"))), "requires TLS"},
+		{"no-export-info", with(4, msgOptReply(wire.OptGo, wire.RepAck, nil)), "without NBD_INFO_EXPORT"},
+		{"size-out-of-range", with(4, cat(msgInfoExport(1<<63, 1), msgOptReply(wire.OptGo, wire.RepAck, nil))), "out of range"},
+		{"bad-min-block", with(4, cat(msgInfoExport(4096, 1), msgInfoBlockSize(3, 4096, 1<<20), msgOptReply(wire.OptGo, wire.RepAck, nil))), "minimum block size 3"},
+		{"max-below-min", with(4, cat(msgInfoExport(4096, 1), msgInfoBlockSize(4096, 4096, 512), msgOptReply(wire.OptGo, wire.RepAck, nil))), "below the minimum"},
+		{"unknown-export", with(4, msgOptReply(wire.OptGo, wire.RepErrUnknown, []byte("no such export"))), "export not found"},
 		{"hangup", ok[:3], "server closed the connection"},
-		{"duplicate-context-id", with(3, cat(msgMetaContext(1, BaseAllocation), msgMetaContext(1, "x:y"), msgOptReply(optSetMetaContext, repAck, nil))), "context ID 1 twice"},
+		{"duplicate-context-id", with(3, cat(msgMetaContext(1, BaseAllocation), msgMetaContext(1, "x:y"), msgOptReply(wire.OptSetMetaContext, wire.RepAck, nil))), "context ID 1 twice"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -434,13 +437,13 @@ func TestScriptedBadHandshake(t *testing.T) {
 func TestScriptedOldServer(t *testing.T) {
 	content := randomBytes(8, 5000)
 	exp := binary.BigEndian.AppendUint64(nil, 5000)
-	exp = binary.BigEndian.AppendUint16(exp, flagHasFlags)
+	exp = binary.BigEndian.AppendUint16(exp, wire.FlagHasFlags)
 	exp = append(exp, make([]byte, 124)...) // no NBD_FLAG_NO_ZEROES
 	segs := [][]byte{
-		msgGreeting(flagFixedNewstyle),
+		msgGreeting(wire.FlagFixedNewstyle),
 		nil,
-		msgOptReply(optStructuredReply, repErrUnsup, nil),
-		msgOptReply(optGo, repErrUnsup, nil),
+		msgOptReply(wire.OptStructuredReply, wire.RepErrUnsup, nil),
+		msgOptReply(wire.OptGo, wire.RepErrUnsup, nil),
 		exp,
 		msgSimple(0, 1, content[1000:3000]),
 		msgSimple(5, 2, nil),

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"testing"
 	"time"
+
+	"lifeboat/nbd/internal/wire"
 )
 
 // Fuzz input: one option byte, then segments, each a big-endian uint16
@@ -40,37 +42,37 @@ func fuzzSeeds() [][]byte {
 	desc := func(d ...uint32) []uint32 { return d }
 	qemuLike := append(handshakeSegs(size, 1, 4096),
 		// ReadAt(10000 at 0): three requests of at most 4096.
-		msgData(replyFlagDone, 1, 0, content[:4096]),
+		msgData(wire.ReplyFlagDone, 1, 0, content[:4096]),
 		cat(msgHole(0, 2, 4096, 4096), msgNone(2)),
-		cat(msgData(0, 3, 9000, content[9000:10000]), msgData(replyFlagDone, 3, 8192, content[8192:9000])),
+		cat(msgData(0, 3, 9000, content[9000:10000]), msgData(wire.ReplyFlagDone, 3, 8192, content[8192:9000])),
 		// ReadAt(100 at size-50): 50 bytes.
-		msgData(replyFlagDone, 4, size-50, content[size-50:]),
+		msgData(wire.ReplyFlagDone, 4, size-50, content[size-50:]),
 		// BlockStatus and Dirty over [0, size).
-		cat(msgStatus(0, 5, 2, desc(8192, 1, size-8192, 0)...), msgStatus(replyFlagDone, 5, 1, desc(4096, 0, 4096, 3, size-8192, 2)...)),
-		cat(msgStatus(0, 6, 1, desc(size, 0)...), msgStatus(replyFlagDone, 6, 2, desc(100, 1, 200, 0, size-300, 1)...)),
+		cat(msgStatus(0, 5, 2, desc(8192, 1, size-8192, 0)...), msgStatus(wire.ReplyFlagDone, 5, 1, desc(4096, 0, 4096, 3, size-8192, 2)...)),
+		cat(msgStatus(0, 6, 1, desc(size, 0)...), msgStatus(wire.ReplyFlagDone, 6, 2, desc(100, 1, 200, 0, size-300, 1)...)),
 		nil, // NBD_CMD_DISC
 	)
 	aligned := append(handshakeSegs(size, 512, 4096),
-		msgData(replyFlagDone, 1, 0, content[:4096]),
-		msgData(replyFlagDone, 2, 4096, content[4096:8192]),
-		msgData(replyFlagDone, 3, 8192, content[8192:9728]),
-		msgData(replyFlagDone, 4, 9728, content[9728:10240]),
-		msgData(replyFlagDone, 5, 19456, content[19456:19968]),
-		msgData(replyFlagDone, 6, 19968, content[19968:]),
-		cat(msgStatus(replyFlagDone, 7, 1, desc(size, 0)...)),
+		msgData(wire.ReplyFlagDone, 1, 0, content[:4096]),
+		msgData(wire.ReplyFlagDone, 2, 4096, content[4096:8192]),
+		msgData(wire.ReplyFlagDone, 3, 8192, content[8192:9728]),
+		msgData(wire.ReplyFlagDone, 4, 9728, content[9728:10240]),
+		msgData(wire.ReplyFlagDone, 5, 19456, content[19456:19968]),
+		msgData(wire.ReplyFlagDone, 6, 19968, content[19968:]),
+		cat(msgStatus(wire.ReplyFlagDone, 7, 1, desc(size, 0)...)),
 	)
 	errs := append(handshakeSegs(size, 1, 4096),
-		msgError(replyFlagDone, 1, 5, "bad sector"),
+		msgError(wire.ReplyFlagDone, 1, 5, "bad sector"),
 		cat(msgSimple(22, 2, nil)),
-		cat(msgData(0, 3, 8192, content[8192:9000]), msgChunk(replyFlagDone, replyTypeErrorOffset, 3, append(append(binary.BigEndian.AppendUint32(nil, 5), 0, 2, 'h', 'i'), binary.BigEndian.AppendUint64(nil, 9000)...))),
+		cat(msgData(0, 3, 8192, content[8192:9000]), msgChunk(wire.ReplyFlagDone, wire.ReplyTypeErrorOffset, 3, append(append(binary.BigEndian.AppendUint32(nil, 5), 0, 2, 'h', 'i'), binary.BigEndian.AppendUint64(nil, 9000)...))),
 	)
 	exp := binary.BigEndian.AppendUint64(nil, size)
-	exp = binary.BigEndian.AppendUint16(exp, flagHasFlags)
+	exp = binary.BigEndian.AppendUint16(exp, wire.FlagHasFlags)
 	old := [][]byte{
-		msgGreeting(flagFixedNewstyle | flagNoZeroes),
+		msgGreeting(wire.FlagFixedNewstyle | wire.FlagNoZeroes),
 		nil,
-		msgOptReply(optStructuredReply, repErrUnsup, nil),
-		msgOptReply(optGo, repErrUnsup, nil),
+		msgOptReply(wire.OptStructuredReply, wire.RepErrUnsup, nil),
+		msgOptReply(wire.OptGo, wire.RepErrUnsup, nil),
 		exp,
 		msgSimple(0, 1, content[:4096]),
 		msgSimple(0, 2, content[4096:8192]),

@@ -11,6 +11,8 @@ import (
 	"net"
 	"slices"
 	"time"
+
+	"lifeboat/nbd/internal/wire"
 )
 
 // ExportInfo describes an export as the server announced it.
@@ -65,12 +67,12 @@ func (h *handshake) start() error {
 	if err := readFull(h.r, b[:16], "its greeting"); err != nil {
 		return err
 	}
-	if be64(b[:8]) != nbdMagic {
+	if be64(b[:8]) != wire.NBDMagic {
 		return handshakeErr("not an NBD server (greeting %x)", b[:8])
 	}
 	switch be64(b[8:16]) {
-	case optsMagic:
-	case oldstyleMagic:
+	case wire.OptsMagic:
+	case wire.OldstyleMagic:
 		return handshakeErr("server uses oldstyle negotiation, which has no export names and is not supported")
 	default:
 		return handshakeErr("unknown negotiation magic %#x", be64(b[8:16]))
@@ -80,13 +82,13 @@ func (h *handshake) start() error {
 	}
 	hflags := be16(b[16:18])
 	var cflags uint32
-	h.fixed = hflags&flagFixedNewstyle != 0
+	h.fixed = hflags&wire.FlagFixedNewstyle != 0
 	if h.fixed {
-		cflags |= flagFixedNewstyle
+		cflags |= wire.FlagFixedNewstyle
 	}
 	h.zeroes = true
-	if hflags&flagNoZeroes != 0 {
-		cflags |= flagNoZeroes
+	if hflags&wire.FlagNoZeroes != 0 {
+		cflags |= wire.FlagNoZeroes
 		h.zeroes = false
 	}
 	var c [4]byte
@@ -104,7 +106,7 @@ func (h *handshake) flush() error {
 
 func (h *handshake) sendOpt(opt uint32, data []byte) error {
 	var hdr [16]byte
-	binary.BigEndian.PutUint64(hdr[0:], optsMagic)
+	binary.BigEndian.PutUint64(hdr[0:], wire.OptsMagic)
 	binary.BigEndian.PutUint32(hdr[8:], opt)
 	binary.BigEndian.PutUint32(hdr[12:], uint32(len(data)))
 	h.w.Write(hdr[:])
@@ -123,7 +125,7 @@ func (h *handshake) reply(opt uint32) (optReply, error) {
 	if err := readFull(h.r, hdr[:], "the reply to "+optName(opt)); err != nil {
 		return optReply{}, err
 	}
-	if m := be64(hdr[0:]); m != optReplyMagic {
+	if m := be64(hdr[0:]); m != wire.OptReplyMagic {
 		return optReply{}, handshakeErr("reply to %s has magic %#x", optName(opt), m)
 	}
 	if o := be32(hdr[8:]); o != opt {
@@ -151,22 +153,22 @@ func putString(b []byte, s string) []byte {
 
 // structuredReplies asks for structured replies; false when refused.
 func (h *handshake) structuredReplies() (bool, error) {
-	if err := h.sendOpt(optStructuredReply, nil); err != nil {
+	if err := h.sendOpt(wire.OptStructuredReply, nil); err != nil {
 		return false, err
 	}
-	r, err := h.reply(optStructuredReply)
+	r, err := h.reply(wire.OptStructuredReply)
 	if err != nil {
 		return false, err
 	}
 	switch {
-	case r.typ == repAck:
+	case r.typ == wire.RepAck:
 		return true, nil
-	case r.typ == repErrTLSReqd || r.typ == repErrShutdown:
-		return false, h.refused(optStructuredReply, r)
-	case r.typ&repErrBit != 0:
+	case r.typ == wire.RepErrTLSReqd || r.typ == wire.RepErrShutdown:
+		return false, h.refused(wire.OptStructuredReply, r)
+	case r.typ&wire.RepErrBit != 0:
 		return false, nil
 	}
-	return false, handshakeErr("unexpected %s to %s", repName(r.typ), optName(optStructuredReply))
+	return false, handshakeErr("unexpected %s to %s", repName(r.typ), optName(wire.OptStructuredReply))
 }
 
 // metaContexts sends NBD_OPT_SET_META_CONTEXT or NBD_OPT_LIST_META_CONTEXT
@@ -188,14 +190,14 @@ func (h *handshake) metaContexts(opt uint32, queries []string) (ids []uint32, na
 			return nil, nil, err
 		}
 		switch {
-		case r.typ == repAck:
+		case r.typ == wire.RepAck:
 			return ids, names, nil
-		case r.typ == repMetaContext:
+		case r.typ == wire.RepMetaContext:
 			if len(r.data) < 5 || len(r.data)-4 > maxStringLen {
 				return nil, nil, handshakeErr("%s reply to %s has %d bytes", repName(r.typ), optName(opt), len(r.data))
 			}
 			id, name := be32(r.data), string(r.data[4:])
-			if opt == optSetMetaContext && slices.Contains(ids, id) {
+			if opt == wire.OptSetMetaContext && slices.Contains(ids, id) {
 				return nil, nil, handshakeErr("%s gave context ID %d twice", optName(opt), id)
 			}
 			if slices.Contains(names, name) {
@@ -203,9 +205,9 @@ func (h *handshake) metaContexts(opt uint32, queries []string) (ids []uint32, na
 			}
 			ids = append(ids, id)
 			names = append(names, name)
-		case r.typ == repErrUnknown || r.typ == repErrTLSReqd || r.typ == repErrShutdown:
+		case r.typ == wire.RepErrUnknown || r.typ == wire.RepErrTLSReqd || r.typ == wire.RepErrShutdown:
 			return nil, nil, h.refused(opt, r)
-		case r.typ&repErrBit != 0:
+		case r.typ&wire.RepErrBit != 0:
 			// Not supported for this export: no contexts.
 			return nil, nil, nil
 		default:
@@ -222,7 +224,7 @@ var errGoUnsupported = errors.New("NBD_OPT_GO not supported")
 func (h *handshake) info(opt uint32) (*ExportInfo, error) {
 	data := putString(nil, h.export)
 	data = binary.BigEndian.AppendUint16(data, 1)
-	data = binary.BigEndian.AppendUint16(data, infoBlockSize)
+	data = binary.BigEndian.AppendUint16(data, wire.InfoBlockSize)
 	if err := h.sendOpt(opt, data); err != nil {
 		return nil, err
 	}
@@ -234,7 +236,7 @@ func (h *handshake) info(opt uint32) (*ExportInfo, error) {
 			return nil, err
 		}
 		switch {
-		case r.typ == repAck:
+		case r.typ == wire.RepAck:
 			if !haveExport {
 				return nil, handshakeErr("%s acknowledged without NBD_INFO_EXPORT", optName(opt))
 			}
@@ -242,13 +244,13 @@ func (h *handshake) info(opt uint32) (*ExportInfo, error) {
 				inf.MinBlock, inf.PreferredBlock, inf.MaxBlock = 1, 4096, DefaultMaxRequest
 			}
 			return inf, nil
-		case r.typ == repInfo:
+		case r.typ == wire.RepInfo:
 			if len(r.data) < 2 {
 				return nil, handshakeErr("NBD_REP_INFO of %d bytes", len(r.data))
 			}
 			d := r.data[2:]
 			switch be16(r.data) {
-			case infoExport:
+			case wire.InfoExport:
 				if len(d) != 10 {
 					return nil, handshakeErr("NBD_INFO_EXPORT of %d bytes, want 12", len(r.data))
 				}
@@ -256,11 +258,11 @@ func (h *handshake) info(opt uint32) (*ExportInfo, error) {
 					return nil, err
 				}
 				haveExport = true
-			case infoName:
+			case wire.InfoName:
 				inf.Name = printable(d)
-			case infoDescription:
+			case wire.InfoDescription:
 				inf.Description = printable(d)
-			case infoBlockSize:
+			case wire.InfoBlockSize:
 				if len(d) != 12 {
 					return nil, handshakeErr("NBD_INFO_BLOCK_SIZE of %d bytes, want 14", len(r.data))
 				}
@@ -269,9 +271,9 @@ func (h *handshake) info(opt uint32) (*ExportInfo, error) {
 				}
 				haveBlock = true
 			}
-		case r.typ == repErrUnsup:
+		case r.typ == wire.RepErrUnsup:
 			return nil, errGoUnsupported
-		case r.typ&repErrBit != 0:
+		case r.typ&wire.RepErrBit != 0:
 			return nil, h.refused(opt, r)
 		default:
 			return nil, handshakeErr("unexpected %s to %s", repName(r.typ), optName(opt))
@@ -286,8 +288,8 @@ func (inf *ExportInfo) setExport(size uint64, flags uint16) error {
 	}
 	inf.Size = int64(size)
 	inf.Flags = flags
-	inf.ReadOnly = flags&flagReadOnly != 0
-	inf.MultiConn = flags&flagCanMultiConn != 0
+	inf.ReadOnly = flags&wire.FlagReadOnly != 0
+	inf.MultiConn = flags&wire.FlagCanMultiConn != 0
 	return nil
 }
 
@@ -309,7 +311,7 @@ func (inf *ExportInfo) setBlockSize(minB, pref, maxB uint32) error {
 // exportName ends the handshake the old way, for servers without
 // NBD_OPT_GO. The server hangs up when the export does not exist.
 func (h *handshake) exportName() (*ExportInfo, error) {
-	if err := h.sendOpt(optExportName, []byte(h.export)); err != nil {
+	if err := h.sendOpt(wire.OptExportName, []byte(h.export)); err != nil {
 		return nil, err
 	}
 	var b [10 + 124]byte
@@ -365,7 +367,7 @@ func negotiate(conn net.Conn, opts *Options) (*session, error) {
 	}
 	s := &session{contexts: map[string]uint32{}, r: h.r}
 	if structured {
-		ids, names, err := h.metaContexts(optSetMetaContext, want)
+		ids, names, err := h.metaContexts(wire.OptSetMetaContext, want)
 		if err != nil {
 			return nil, err
 		}
@@ -382,7 +384,7 @@ func negotiate(conn net.Conn, opts *Options) (*session, error) {
 			return nil, fmt.Errorf("nbd: metadata context %q for export %q: %s (is the dirty bitmap exported?): %w", m, opts.Export, why, ErrNoMetaContext)
 		}
 	}
-	inf, err := h.info(optGo)
+	inf, err := h.info(wire.OptGo)
 	if errors.Is(err, errGoUnsupported) {
 		inf, err = h.exportName()
 	}
@@ -413,11 +415,11 @@ func probe(conn net.Conn, export string) (*ExportInfo, error) {
 	}
 	var names []string
 	if structured {
-		if _, names, err = h.metaContexts(optListMetaContext, nil); err != nil {
+		if _, names, err = h.metaContexts(wire.OptListMetaContext, nil); err != nil {
 			return nil, err
 		}
 	}
-	inf, err := h.info(optInfo)
+	inf, err := h.info(wire.OptInfo)
 	if errors.Is(err, errGoUnsupported) {
 		err = handshakeErr("server does not support NBD_OPT_INFO")
 	}
@@ -429,8 +431,8 @@ func probe(conn net.Conn, export string) (*ExportInfo, error) {
 	slices.Sort(inf.MetaContexts)
 	// Soft disconnect; the server may or may not acknowledge.
 	conn.SetDeadline(time.Now().Add(time.Second))
-	if h.sendOpt(optAbort, nil) == nil {
-		h.reply(optAbort)
+	if h.sendOpt(wire.OptAbort, nil) == nil {
+		h.reply(wire.OptAbort)
 	}
 	return inf, nil
 }

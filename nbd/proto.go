@@ -1,93 +1,13 @@
 package nbd
 
-import "strconv"
+import (
+	"strconv"
 
-// Wire constants of the NBD protocol (NetworkBlockDevice/nbd doc/proto.md).
-// Everything on the wire is big-endian.
-
-const (
-	nbdMagic             = 0x4e42444d41474943 // "NBDMAGIC"
-	optsMagic            = 0x49484156454f5054 // "IHAVEOPT"
-	oldstyleMagic        = 0x0000420281861253
-	optReplyMagic        = 0x0003e889045565a9
-	requestMagic         = 0x25609513
-	simpleReplyMagic     = 0x67446698
-	structuredReplyMagic = 0x668e33ef
+	"lifeboat/nbd/internal/wire"
 )
 
-// Handshake flags (server) and client flags use the same two bits.
-const (
-	flagFixedNewstyle = 1 << 0
-	flagNoZeroes      = 1 << 1
-)
-
-// Transmission flags, sent with the export's size.
-const (
-	flagHasFlags     = 1 << 0
-	flagReadOnly     = 1 << 1
-	flagCanMultiConn = 1 << 8
-)
-
-// Options of the handshake phase.
-const (
-	optExportName      = 1
-	optAbort           = 2
-	optList            = 3
-	optStartTLS        = 5
-	optInfo            = 6
-	optGo              = 7
-	optStructuredReply = 8
-	optListMetaContext = 9
-	optSetMetaContext  = 10
-)
-
-// Option reply types; errors have bit 31 set.
-const (
-	repAck         = 1
-	repServer      = 2
-	repInfo        = 3
-	repMetaContext = 4
-
-	repErrBit           = 1 << 31
-	repErrUnsup         = repErrBit | 1
-	repErrPolicy        = repErrBit | 2
-	repErrInvalid       = repErrBit | 3
-	repErrPlatform      = repErrBit | 4
-	repErrTLSReqd       = repErrBit | 5
-	repErrUnknown       = repErrBit | 6
-	repErrShutdown      = repErrBit | 7
-	repErrBlockSizeReqd = repErrBit | 8
-	repErrTooBig        = repErrBit | 9
-	repErrExtHeaderReqd = repErrBit | 10
-)
-
-// NBD_INFO_* types carried by NBD_REP_INFO.
-const (
-	infoExport      = 0
-	infoName        = 1
-	infoDescription = 2
-	infoBlockSize   = 3
-)
-
-// Commands of the transmission phase.
-const (
-	cmdRead        = 0
-	cmdDisc        = 2
-	cmdBlockStatus = 7
-)
-
-// Structured reply chunk flags and types; error types have bit 15 set.
-const (
-	replyFlagDone = 1 << 0
-
-	replyTypeNone        = 0
-	replyTypeOffsetData  = 1
-	replyTypeOffsetHole  = 2
-	replyTypeBlockStatus = 5
-	replyTypeErrBit      = 1 << 15
-	replyTypeError       = replyTypeErrBit | 1
-	replyTypeErrorOffset = replyTypeErrBit | 2
-)
+// The protocol's constants are in lifeboat/nbd/internal/wire, shared with
+// the server; these are the client's public names and limits.
 
 // Metadata context names and the flags they define.
 const (
@@ -130,23 +50,23 @@ const (
 
 func optName(o uint32) string {
 	switch o {
-	case optExportName:
+	case wire.OptExportName:
 		return "NBD_OPT_EXPORT_NAME"
-	case optAbort:
+	case wire.OptAbort:
 		return "NBD_OPT_ABORT"
-	case optList:
+	case wire.OptList:
 		return "NBD_OPT_LIST"
-	case optStartTLS:
+	case wire.OptStartTLS:
 		return "NBD_OPT_STARTTLS"
-	case optInfo:
+	case wire.OptInfo:
 		return "NBD_OPT_INFO"
-	case optGo:
+	case wire.OptGo:
 		return "NBD_OPT_GO"
-	case optStructuredReply:
+	case wire.OptStructuredReply:
 		return "NBD_OPT_STRUCTURED_REPLY"
-	case optListMetaContext:
+	case wire.OptListMetaContext:
 		return "NBD_OPT_LIST_META_CONTEXT"
-	case optSetMetaContext:
+	case wire.OptSetMetaContext:
 		return "NBD_OPT_SET_META_CONTEXT"
 	}
 	return "option " + itoa(uint64(o))
@@ -154,48 +74,48 @@ func optName(o uint32) string {
 
 func repName(r uint32) string {
 	switch r {
-	case repAck:
+	case wire.RepAck:
 		return "NBD_REP_ACK"
-	case repServer:
+	case wire.RepServer:
 		return "NBD_REP_SERVER"
-	case repInfo:
+	case wire.RepInfo:
 		return "NBD_REP_INFO"
-	case repMetaContext:
+	case wire.RepMetaContext:
 		return "NBD_REP_META_CONTEXT"
-	case repErrUnsup:
+	case wire.RepErrUnsup:
 		return "NBD_REP_ERR_UNSUP"
-	case repErrPolicy:
+	case wire.RepErrPolicy:
 		return "NBD_REP_ERR_POLICY"
-	case repErrInvalid:
+	case wire.RepErrInvalid:
 		return "NBD_REP_ERR_INVALID"
-	case repErrPlatform:
+	case wire.RepErrPlatform:
 		return "NBD_REP_ERR_PLATFORM"
-	case repErrTLSReqd:
+	case wire.RepErrTLSReqd:
 		return "NBD_REP_ERR_TLS_REQD"
-	case repErrUnknown:
+	case wire.RepErrUnknown:
 		return "NBD_REP_ERR_UNKNOWN"
-	case repErrShutdown:
+	case wire.RepErrShutdown:
 		return "NBD_REP_ERR_SHUTDOWN"
-	case repErrBlockSizeReqd:
+	case wire.RepErrBlockSizeReqd:
 		return "NBD_REP_ERR_BLOCK_SIZE_REQD"
-	case repErrTooBig:
+	case wire.RepErrTooBig:
 		return "NBD_REP_ERR_TOO_BIG"
-	case repErrExtHeaderReqd:
+	case wire.RepErrExtHeaderReqd:
 		return "NBD_REP_ERR_EXT_HEADER_REQD"
 	}
-	if r&repErrBit != 0 {
-		return "NBD_REP_ERR(" + itoa(uint64(r&^repErrBit)) + ")"
+	if r&wire.RepErrBit != 0 {
+		return "NBD_REP_ERR(" + itoa(uint64(r&^wire.RepErrBit)) + ")"
 	}
 	return "reply type " + itoa(uint64(r))
 }
 
 func cmdName(c uint16) string {
 	switch c {
-	case cmdRead:
+	case wire.CmdRead:
 		return "read"
-	case cmdBlockStatus:
+	case wire.CmdBlockStatus:
 		return "block status"
-	case cmdDisc:
+	case wire.CmdDisc:
 		return "disconnect"
 	}
 	return "command " + itoa(uint64(c))

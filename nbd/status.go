@@ -6,6 +6,7 @@ import (
 	"strings"
 
 	"lifeboat/disk"
+	"lifeboat/nbd/internal/wire"
 )
 
 // Extent is a range of the export with the status flags one metadata
@@ -58,7 +59,7 @@ func (c *Client) BlockStatus(ctx context.Context, off, length int64, metaContext
 	reqEnd := min(end+(m-end%m)%m, c.info.Size)
 	var out []Extent
 	for pos < end {
-		r := &request{cmd: cmdBlockStatus, off: pos, length: min(reqEnd-pos, maxBlockStatus), want: id}
+		r := &request{cmd: wire.CmdBlockStatus, off: pos, length: min(reqEnd-pos, maxBlockStatus), want: id}
 		err := c.start(ctx, r, 0)
 		if err == nil {
 			err = c.wait(ctx, r)

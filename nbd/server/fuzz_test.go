@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"lifeboat/disk"
+	"lifeboat/nbd/internal/wire"
 )
 
 // inputConn is the server's end of a net.Pipe whose reads come from the
@@ -29,54 +30,54 @@ func fuzzSeeds() [][]byte {
 	cflags := func(f uint32) []byte { return be.AppendUint32(nil, f) }
 	p := randomBytes(5, 9000)
 	commands := cat(
-		encReq(0, cmdRead, 1, 0, 70000, nil),
-		encReq(cmdFlagDF, cmdRead, 2, 250<<10, 100<<10, nil),
-		encReq(0, cmdWrite, 3, 4000, 9000, p),
-		encReq(cmdFlagFUA, cmdWrite, 4, mib+100-9000, 9000, p),
-		encReq(cmdFlagNoHole, cmdWriteZeroes, 5, 100, 20000, nil),
-		encReq(0, cmdTrim, 6, 8192, 70000, nil),
-		encReq(0, cmdFlush, 7, 0, 0, nil),
-		encReq(0, cmdBlockStatus, 8, 0, mib+100, nil),
-		encReq(cmdFlagReqOne, cmdBlockStatus, 9, 5000, 1000, nil),
-		encReq(0, cmdRead, 10, mib+50, 100, nil),
-		encReq(0, cmdWrite, 11, mib, 200, make([]byte, 200)),
-		encReq(0, cmdRead, 12, 0, MaxBlockSize+1, nil),
+		encReq(0, wire.CmdRead, 1, 0, 70000, nil),
+		encReq(wire.CmdFlagDF, wire.CmdRead, 2, 250<<10, 100<<10, nil),
+		encReq(0, wire.CmdWrite, 3, 4000, 9000, p),
+		encReq(wire.CmdFlagFUA, wire.CmdWrite, 4, mib+100-9000, 9000, p),
+		encReq(wire.CmdFlagNoHole, wire.CmdWriteZeroes, 5, 100, 20000, nil),
+		encReq(0, wire.CmdTrim, 6, 8192, 70000, nil),
+		encReq(0, wire.CmdFlush, 7, 0, 0, nil),
+		encReq(0, wire.CmdBlockStatus, 8, 0, mib+100, nil),
+		encReq(wire.CmdFlagReqOne, wire.CmdBlockStatus, 9, 5000, 1000, nil),
+		encReq(0, wire.CmdRead, 10, mib+50, 100, nil),
+		encReq(0, wire.CmdWrite, 11, mib, 200, make([]byte, 200)),
+		encReq(0, wire.CmdRead, 12, 0, MaxBlockSize+1, nil),
 		encReq(0, 77, 13, 0, 0, nil),
-		encReq(0, cmdRead, 14, 4000, 9000, nil),
-		encReq(0, cmdDisc, 0, 0, 0, nil),
+		encReq(0, wire.CmdRead, 14, 4000, 9000, nil),
+		encReq(0, wire.CmdDisc, 0, 0, 0, nil),
 	)
 	structured := cat(
 		[]byte{0},
-		cflags(flagFixedNewstyle|flagNoZeroes),
-		encOpt(optStructuredReply, nil),
-		encOpt(optListMetaContext, metaData("a")),
-		encOpt(optSetMetaContext, metaData("a", metaBaseAllocation)),
-		encOpt(optInfo, goData("a", infoName, infoDescription, infoBlockSize)),
-		encOpt(optGo, goData("a", infoBlockSize)),
+		cflags(wire.FlagFixedNewstyle|wire.FlagNoZeroes),
+		encOpt(wire.OptStructuredReply, nil),
+		encOpt(wire.OptListMetaContext, metaData("a")),
+		encOpt(wire.OptSetMetaContext, metaData("a", metaBaseAllocation)),
+		encOpt(wire.OptInfo, goData("a", wire.InfoName, wire.InfoDescription, wire.InfoBlockSize)),
+		encOpt(wire.OptGo, goData("a", wire.InfoBlockSize)),
 		commands,
 	)
 	oldStyle := cat(
 		[]byte{1},
 		cflags(0),
-		encOpt(optExportName, []byte("a")),
+		encOpt(wire.OptExportName, []byte("a")),
 		commands,
 	)
 	readOnly := cat(
 		[]byte{0},
-		cflags(flagFixedNewstyle),
-		encOpt(optList, nil),
-		encOpt(optStructuredReply, nil),
-		encOpt(optSetMetaContext, metaData("ro", metaBaseAllocation, "base:")),
-		encOpt(optGo, goData("ro")),
+		cflags(wire.FlagFixedNewstyle),
+		encOpt(wire.OptList, nil),
+		encOpt(wire.OptStructuredReply, nil),
+		encOpt(wire.OptSetMetaContext, metaData("ro", metaBaseAllocation, "base:")),
+		encOpt(wire.OptGo, goData("ro")),
 		commands,
 	)
 	abort := cat(
 		[]byte{0},
-		cflags(flagFixedNewstyle|flagNoZeroes),
-		encOpt(optInfo, goData("nope")),
-		encOpt(optStartTLS, nil),
-		encOpt(optList, nil),
-		encOpt(optAbort, nil),
+		cflags(wire.FlagFixedNewstyle|wire.FlagNoZeroes),
+		encOpt(wire.OptInfo, goData("nope")),
+		encOpt(wire.OptStartTLS, nil),
+		encOpt(wire.OptList, nil),
+		encOpt(wire.OptAbort, nil),
 	)
 	return [][]byte{structured, oldStyle, readOnly, abort}
 }

@@ -8,6 +8,8 @@ import (
 	"io"
 	"net"
 	"strings"
+
+	"lifeboat/nbd/internal/wire"
 )
 
 // session is what negotiation hands the transmission phase.
@@ -44,9 +46,9 @@ func protoErr(format string, args ...any) error {
 func (s *Server) negotiate(conn net.Conn) (*session, error) {
 	n := &negotiator{s: s, r: bufio.NewReaderSize(conn, 64<<10), w: bufio.NewWriterSize(conn, 64<<10)}
 	var b [18]byte
-	be.PutUint64(b[0:], nbdMagic)
-	be.PutUint64(b[8:], optsMagic)
-	be.PutUint16(b[16:], flagFixedNewstyle|flagNoZeroes)
+	be.PutUint64(b[0:], wire.NBDMagic)
+	be.PutUint64(b[8:], wire.OptsMagic)
+	be.PutUint16(b[16:], wire.FlagFixedNewstyle|wire.FlagNoZeroes)
 	n.w.Write(b[:])
 	if err := n.w.Flush(); err != nil {
 		return nil, err
@@ -55,10 +57,10 @@ func (s *Server) negotiate(conn net.Conn) (*session, error) {
 		return nil, fmt.Errorf("reading client flags: %w", err)
 	}
 	cflags := be.Uint32(b[:4])
-	if cflags&^(flagFixedNewstyle|flagNoZeroes) != 0 {
+	if cflags&^(wire.FlagFixedNewstyle|wire.FlagNoZeroes) != 0 {
 		return nil, protoErr("unknown client flags %#x", cflags)
 	}
-	n.noZeroes = cflags&flagNoZeroes != 0
+	n.noZeroes = cflags&wire.FlagNoZeroes != 0
 	for range maxOptions {
 		sess, err := n.option()
 		if errors.Is(err, errAbort) {
@@ -73,7 +75,7 @@ func (s *Server) negotiate(conn net.Conn) (*session, error) {
 
 func (n *negotiator) reply(opt, typ uint32, data ...[]byte) {
 	var hdr [20]byte
-	be.PutUint64(hdr[0:], optReplyMagic)
+	be.PutUint64(hdr[0:], wire.OptReplyMagic)
 	be.PutUint32(hdr[8:], opt)
 	be.PutUint32(hdr[12:], typ)
 	var l int
@@ -98,18 +100,18 @@ func (n *negotiator) option() (*session, error) {
 	if _, err := io.ReadFull(n.r, hdr[:]); err != nil {
 		return nil, fmt.Errorf("reading option: %w", err)
 	}
-	if m := be.Uint64(hdr[:]); m != optsMagic {
+	if m := be.Uint64(hdr[:]); m != wire.OptsMagic {
 		return nil, protoErr("option magic %#x", m)
 	}
 	opt, length := be.Uint32(hdr[8:]), be.Uint32(hdr[12:])
 	if length > maxOptLen {
-		if opt == optExportName || length > maxOptDiscard {
+		if opt == wire.OptExportName || length > maxOptDiscard {
 			return nil, protoErr("option %d with %d bytes of data", opt, length)
 		}
 		if _, err := io.CopyN(io.Discard, n.r, int64(length)); err != nil {
 			return nil, fmt.Errorf("reading option data: %w", err)
 		}
-		n.replyErr(opt, repErrTooBig, "option data of %d bytes is too long", length)
+		n.replyErr(opt, wire.RepErrTooBig, "option data of %d bytes is too long", length)
 		return nil, n.w.Flush()
 	}
 	data := make([]byte, length)
@@ -119,36 +121,36 @@ func (n *negotiator) option() (*session, error) {
 	var sess *session
 	var err error
 	switch opt {
-	case optExportName:
+	case wire.OptExportName:
 		return n.exportName(data)
-	case optAbort:
-		n.reply(opt, repAck)
+	case wire.OptAbort:
+		n.reply(opt, wire.RepAck)
 		n.w.Flush()
 		return nil, errAbort
-	case optList:
+	case wire.OptList:
 		if len(data) != 0 {
-			n.replyErr(opt, repErrInvalid, "NBD_OPT_LIST takes no data")
+			n.replyErr(opt, wire.RepErrInvalid, "NBD_OPT_LIST takes no data")
 			break
 		}
 		for _, e := range n.s.exports {
-			n.reply(opt, repServer, be.AppendUint32(nil, uint32(len(e.Name))), []byte(e.Name), []byte(e.Description))
+			n.reply(opt, wire.RepServer, be.AppendUint32(nil, uint32(len(e.Name))), []byte(e.Name), []byte(e.Description))
 		}
-		n.reply(opt, repAck)
-	case optInfo, optGo:
+		n.reply(opt, wire.RepAck)
+	case wire.OptInfo, wire.OptGo:
 		sess, err = n.info(opt, data)
-	case optStructuredReply:
+	case wire.OptStructuredReply:
 		if len(data) != 0 {
-			n.replyErr(opt, repErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data")
+			n.replyErr(opt, wire.RepErrInvalid, "NBD_OPT_STRUCTURED_REPLY takes no data")
 			break
 		}
 		n.structured = true
-		n.reply(opt, repAck)
-	case optListMetaContext, optSetMetaContext:
+		n.reply(opt, wire.RepAck)
+	case wire.OptListMetaContext, wire.OptSetMetaContext:
 		n.metaContext(opt, data)
-	case optStartTLS:
-		n.replyErr(opt, repErrUnsup, "TLS is not supported")
+	case wire.OptStartTLS:
+		n.replyErr(opt, wire.RepErrUnsup, "TLS is not supported")
 	default:
-		n.replyErr(opt, repErrUnsup, "option %d is not supported", opt)
+		n.replyErr(opt, wire.RepErrUnsup, "option %d is not supported", opt)
 	}
 	if err != nil {
 		return nil, err
@@ -160,14 +162,14 @@ func (n *negotiator) option() (*session, error) {
 }
 
 func (n *negotiator) transmissionFlags(e *export) uint16 {
-	f := uint16(flagHasFlags | flagSendFlush | flagCanMultiConn)
+	f := uint16(wire.FlagHasFlags | wire.FlagSendFlush | wire.FlagCanMultiConn)
 	if e.readOnly {
-		f |= flagReadOnly
+		f |= wire.FlagReadOnly
 	} else {
-		f |= flagSendFUA | flagSendTrim | flagSendWriteZeroes | flagSendFastZero
+		f |= wire.FlagSendFUA | wire.FlagSendTrim | wire.FlagSendWriteZeroes | wire.FlagSendFastZero
 	}
 	if n.structured {
-		f |= flagSendDF
+		f |= wire.FlagSendDF
 	}
 	return f
 }
@@ -226,38 +228,38 @@ func getString(d []byte) (string, []byte, bool) {
 func (n *negotiator) info(opt uint32, d []byte) (*session, error) {
 	name, rest, ok := getString(d)
 	if !ok || len(rest) < 2 || len(rest) != 2+2*int(be.Uint16(rest)) {
-		n.replyErr(opt, repErrInvalid, "malformed request")
+		n.replyErr(opt, wire.RepErrInvalid, "malformed request")
 		return nil, nil
 	}
 	e := n.s.lookup(name)
 	if e == nil {
-		n.replyErr(opt, repErrUnknown, "no export named %q", name)
+		n.replyErr(opt, wire.RepErrUnknown, "no export named %q", name)
 		return nil, nil
 	}
 	var wantName bool
 	for i := range int(be.Uint16(rest)) {
-		if be.Uint16(rest[2+2*i:]) == infoName {
+		if be.Uint16(rest[2+2*i:]) == wire.InfoName {
 			wantName = true
 		}
 	}
 	var b [14]byte
-	be.PutUint16(b[0:], infoExport)
+	be.PutUint16(b[0:], wire.InfoExport)
 	be.PutUint64(b[2:], uint64(e.b.Size()))
 	be.PutUint16(b[10:], n.transmissionFlags(e))
-	n.reply(opt, repInfo, b[:12])
+	n.reply(opt, wire.RepInfo, b[:12])
 	if wantName {
-		n.reply(opt, repInfo, be.AppendUint16(nil, infoName), []byte(e.Name))
+		n.reply(opt, wire.RepInfo, be.AppendUint16(nil, wire.InfoName), []byte(e.Name))
 	}
 	if e.Description != "" { // like qemu-nbd, also when not asked for
-		n.reply(opt, repInfo, be.AppendUint16(nil, infoDescription), []byte(e.Description))
+		n.reply(opt, wire.RepInfo, be.AppendUint16(nil, wire.InfoDescription), []byte(e.Description))
 	}
-	be.PutUint16(b[0:], infoBlockSize)
+	be.PutUint16(b[0:], wire.InfoBlockSize)
 	be.PutUint32(b[2:], e.MinBlockSize)
 	be.PutUint32(b[6:], PreferredBlockSize)
 	be.PutUint32(b[10:], MaxBlockSize)
-	n.reply(opt, repInfo, b[:14])
-	n.reply(opt, repAck)
-	if opt == optGo {
+	n.reply(opt, wire.RepInfo, b[:14])
+	n.reply(opt, wire.RepAck)
+	if opt == wire.OptGo {
 		if err := n.w.Flush(); err != nil {
 			return nil, err
 		}
@@ -271,12 +273,12 @@ func (n *negotiator) info(opt uint32, d []byte) (*session, error) {
 // also matches the query "base:".
 func (n *negotiator) metaContext(opt uint32, d []byte) {
 	if !n.structured {
-		n.replyErr(opt, repErrInvalid, "negotiate structured replies first")
+		n.replyErr(opt, wire.RepErrInvalid, "negotiate structured replies first")
 		return
 	}
 	name, rest, ok := getString(d)
 	if !ok || len(rest) < 4 {
-		n.replyErr(opt, repErrInvalid, "malformed request")
+		n.replyErr(opt, wire.RepErrInvalid, "malformed request")
 		return
 	}
 	nq := be.Uint32(rest)
@@ -285,35 +287,35 @@ func (n *negotiator) metaContext(opt uint32, d []byte) {
 	for range nq {
 		var q string
 		if q, rest, ok = getString(rest); !ok {
-			n.replyErr(opt, repErrInvalid, "malformed query")
+			n.replyErr(opt, wire.RepErrInvalid, "malformed query")
 			return
 		}
 		queries = append(queries, q)
 	}
 	if len(rest) != 0 {
-		n.replyErr(opt, repErrInvalid, "trailing bytes after the queries")
+		n.replyErr(opt, wire.RepErrInvalid, "trailing bytes after the queries")
 		return
 	}
 	e := n.s.lookup(name)
 	if e == nil {
-		n.replyErr(opt, repErrUnknown, "no export named %q", name)
+		n.replyErr(opt, wire.RepErrUnknown, "no export named %q", name)
 		return
 	}
-	alloc := opt == optListMetaContext && nq == 0
+	alloc := opt == wire.OptListMetaContext && nq == 0
 	for _, q := range queries {
-		if q == metaBaseAllocation || (opt == optListMetaContext && q == "base:") {
+		if q == metaBaseAllocation || (opt == wire.OptListMetaContext && q == "base:") {
 			alloc = true
 		}
 	}
 	if alloc {
 		id := uint32(0)
-		if opt == optSetMetaContext {
+		if opt == wire.OptSetMetaContext {
 			id = baseAllocationID
 		}
-		n.reply(opt, repMetaContext, be.AppendUint32(nil, id), []byte(metaBaseAllocation))
+		n.reply(opt, wire.RepMetaContext, be.AppendUint32(nil, id), []byte(metaBaseAllocation))
 	}
-	if opt == optSetMetaContext {
+	if opt == wire.OptSetMetaContext {
 		n.metaExp, n.metaAlloc = e, alloc
 	}
-	n.reply(opt, repAck)
+	n.reply(opt, wire.RepAck)
 }

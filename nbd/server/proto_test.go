@@ -10,12 +10,14 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"lifeboat/nbd/internal/wire"
 )
 
 // Client-side encoders, shared with the fuzz seeds.
 
 func encOpt(opt uint32, data []byte) []byte {
-	b := be.AppendUint64(nil, optsMagic)
+	b := be.AppendUint64(nil, wire.OptsMagic)
 	b = be.AppendUint32(b, opt)
 	b = be.AppendUint32(b, uint32(len(data)))
 	return append(b, data...)
@@ -42,7 +44,7 @@ func metaData(name string, queries ...string) []byte {
 }
 
 func encReq(flags, cmd uint16, cookie, off uint64, length uint32, payload []byte) []byte {
-	b := be.AppendUint32(nil, requestMagic)
+	b := be.AppendUint32(nil, wire.RequestMagic)
 	b = be.AppendUint16(b, flags)
 	b = be.AppendUint16(b, cmd)
 	b = be.AppendUint64(b, cookie)
@@ -67,7 +69,7 @@ func newRaw(t *testing.T, srv *Server, cflags uint32) *rawClient {
 	rc := &rawClient{t: t, c: cli, r: bufio.NewReader(cli)}
 	var g [18]byte
 	rc.read(g[:])
-	if be.Uint64(g[:]) != nbdMagic || be.Uint64(g[8:]) != optsMagic || be.Uint16(g[16:]) != flagFixedNewstyle|flagNoZeroes {
+	if be.Uint64(g[:]) != wire.NBDMagic || be.Uint64(g[8:]) != wire.OptsMagic || be.Uint16(g[16:]) != wire.FlagFixedNewstyle|wire.FlagNoZeroes {
 		t.Fatalf("greeting %x", g)
 	}
 	rc.send(be.AppendUint32(nil, cflags))
@@ -101,13 +103,13 @@ func (rc *rawClient) opt(opt uint32, data []byte) []optRep {
 	for {
 		var h [20]byte
 		rc.read(h[:])
-		if be.Uint64(h[:]) != optReplyMagic || be.Uint32(h[8:]) != opt {
+		if be.Uint64(h[:]) != wire.OptReplyMagic || be.Uint32(h[8:]) != opt {
 			rc.t.Fatalf("option reply header %x", h)
 		}
 		r := optRep{typ: be.Uint32(h[12:]), data: make([]byte, be.Uint32(h[16:]))}
 		rc.read(r.data)
 		out = append(out, r)
-		if r.typ != repServer && r.typ != repInfo && r.typ != repMetaContext {
+		if r.typ != wire.RepServer && r.typ != wire.RepInfo && r.typ != wire.RepMetaContext {
 			return out
 		}
 	}
@@ -137,7 +139,7 @@ func (rc *rawClient) reply(cookie uint64, dataLen int, stash map[uint64]*reply) 
 		var m [4]byte
 		rc.read(m[:])
 		switch be.Uint32(m[:]) {
-		case simpleReplyMagic:
+		case wire.SimpleReplyMagic:
 			var h [12]byte
 			rc.read(h[:])
 			r := &reply{simple: true, errno: be.Uint32(h[:])}
@@ -150,7 +152,7 @@ func (rc *rawClient) reply(cookie uint64, dataLen int, stash map[uint64]*reply) 
 				continue
 			}
 			return r
-		case structuredReplyMagic:
+		case wire.StructuredReplyMagic:
 			var h [16]byte
 			rc.read(h[:])
 			ch := chunk{flags: be.Uint16(h[:]), typ: be.Uint16(h[2:]), payload: make([]byte, be.Uint32(h[12:]))}
@@ -162,10 +164,10 @@ func (rc *rawClient) reply(cookie uint64, dataLen int, stash map[uint64]*reply) 
 				stash[c] = r
 			}
 			r.chunks = append(r.chunks, ch)
-			if ch.typ == replyTypeError {
+			if ch.typ == wire.ReplyTypeError {
 				r.errno = be.Uint32(ch.payload)
 			}
-			if ch.flags&replyFlagDone != 0 && c == cookie {
+			if ch.flags&wire.ReplyFlagDone != 0 && c == cookie {
 				delete(stash, c)
 				return r
 			}
@@ -194,14 +196,14 @@ func assemble(t *testing.T, r *reply, off uint64, n int) []byte {
 	}
 	for _, c := range r.chunks {
 		switch c.typ {
-		case replyTypeOffsetData:
+		case wire.ReplyTypeOffsetData:
 			o := be.Uint64(c.payload)
 			mark(o, len(c.payload)-8)
 			copy(out[o-off:], c.payload[8:])
-		case replyTypeOffsetHole:
+		case wire.ReplyTypeOffsetHole:
 			o, k := be.Uint64(c.payload), int(be.Uint32(c.payload[8:]))
 			mark(o, k)
-		case replyTypeNone:
+		case wire.ReplyTypeNone:
 		default:
 			t.Fatalf("chunk type %d in a read reply", c.typ)
 		}
@@ -230,75 +232,75 @@ func testServer(t *testing.T) (*Server, *Overlay, *memImage) {
 func TestProtocol(t *testing.T) {
 	srv, ov, base := testServer(t)
 	size := uint64(ov.Size())
-	rc := newRaw(t, srv, flagFixedNewstyle|flagNoZeroes)
+	rc := newRaw(t, srv, wire.FlagFixedNewstyle|wire.FlagNoZeroes)
 
-	reps := rc.opt(optList, nil)
-	if len(reps) != 3 || reps[0].typ != repServer || !bytes.Equal(reps[0].data, append(encString("a"), "disk a"...)) || reps[2].typ != repAck {
+	reps := rc.opt(wire.OptList, nil)
+	if len(reps) != 3 || reps[0].typ != wire.RepServer || !bytes.Equal(reps[0].data, append(encString("a"), "disk a"...)) || reps[2].typ != wire.RepAck {
 		t.Fatalf("LIST: %+v", reps)
 	}
-	if r := rc.opt(optList, []byte{1}); r[0].typ != repErrInvalid {
+	if r := rc.opt(wire.OptList, []byte{1}); r[0].typ != wire.RepErrInvalid {
 		t.Fatalf("LIST with data: %+v", r)
 	}
-	if r := rc.opt(optInfo, goData("nope")); r[0].typ != repErrUnknown {
+	if r := rc.opt(wire.OptInfo, goData("nope")); r[0].typ != wire.RepErrUnknown {
 		t.Fatalf("INFO of unknown export: %+v", r)
 	}
-	if r := rc.opt(optInfo, goData("a")[:5]); r[0].typ != repErrInvalid {
+	if r := rc.opt(wire.OptInfo, goData("a")[:5]); r[0].typ != wire.RepErrInvalid {
 		t.Fatalf("malformed INFO: %+v", r)
 	}
-	if r := rc.opt(optSetMetaContext, metaData("a", metaBaseAllocation)); r[0].typ != repErrInvalid {
+	if r := rc.opt(wire.OptSetMetaContext, metaData("a", metaBaseAllocation)); r[0].typ != wire.RepErrInvalid {
 		t.Fatalf("SET_META_CONTEXT before structured replies: %+v", r)
 	}
-	if r := rc.opt(99, []byte("x")); r[0].typ != repErrUnsup {
+	if r := rc.opt(99, []byte("x")); r[0].typ != wire.RepErrUnsup {
 		t.Fatalf("unknown option: %+v", r)
 	}
-	if r := rc.opt(optStructuredReply, nil); r[0].typ != repAck {
+	if r := rc.opt(wire.OptStructuredReply, nil); r[0].typ != wire.RepAck {
 		t.Fatalf("STRUCTURED_REPLY: %+v", r)
 	}
-	if r := rc.opt(optListMetaContext, metaData("a")); len(r) != 2 || r[0].typ != repMetaContext || string(r[0].data[4:]) != metaBaseAllocation {
+	if r := rc.opt(wire.OptListMetaContext, metaData("a")); len(r) != 2 || r[0].typ != wire.RepMetaContext || string(r[0].data[4:]) != metaBaseAllocation {
 		t.Fatalf("LIST_META_CONTEXT: %+v", r)
 	}
-	if r := rc.opt(optListMetaContext, metaData("a", "base:", "qemu:")); len(r) != 2 || r[0].typ != repMetaContext {
+	if r := rc.opt(wire.OptListMetaContext, metaData("a", "base:", "qemu:")); len(r) != 2 || r[0].typ != wire.RepMetaContext {
 		t.Fatalf("LIST_META_CONTEXT base: %+v", r)
 	}
-	r := rc.opt(optSetMetaContext, metaData("a", "x-foo:bar", metaBaseAllocation))
-	if len(r) != 2 || r[0].typ != repMetaContext || be.Uint32(r[0].data) != baseAllocationID || r[1].typ != repAck {
+	r := rc.opt(wire.OptSetMetaContext, metaData("a", "x-foo:bar", metaBaseAllocation))
+	if len(r) != 2 || r[0].typ != wire.RepMetaContext || be.Uint32(r[0].data) != baseAllocationID || r[1].typ != wire.RepAck {
 		t.Fatalf("SET_META_CONTEXT: %+v", r)
 	}
-	r = rc.opt(optGo, goData("a", infoName, infoBlockSize))
+	r = rc.opt(wire.OptGo, goData("a", wire.InfoName, wire.InfoBlockSize))
 	var gotSize, gotFlags, gotName, gotBlock bool
 	for _, x := range r {
-		if x.typ != repInfo {
+		if x.typ != wire.RepInfo {
 			continue
 		}
 		switch be.Uint16(x.data) {
-		case infoExport:
+		case wire.InfoExport:
 			gotSize = be.Uint64(x.data[2:]) == size
 			f := be.Uint16(x.data[10:])
-			gotFlags = f&flagReadOnly == 0 && f&flagSendDF != 0 && f&flagSendWriteZeroes != 0
-		case infoName:
+			gotFlags = f&wire.FlagReadOnly == 0 && f&wire.FlagSendDF != 0 && f&wire.FlagSendWriteZeroes != 0
+		case wire.InfoName:
 			gotName = string(x.data[2:]) == "a"
-		case infoBlockSize:
+		case wire.InfoBlockSize:
 			gotBlock = be.Uint32(x.data[2:]) == 1 && be.Uint32(x.data[6:]) == 4096 && be.Uint32(x.data[10:]) == MaxBlockSize
 		}
 	}
-	if !gotSize || !gotFlags || !gotName || !gotBlock || r[len(r)-1].typ != repAck {
+	if !gotSize || !gotFlags || !gotName || !gotBlock || r[len(r)-1].typ != wire.RepAck {
 		t.Fatalf("GO: %+v", r)
 	}
 
 	stash := map[uint64]*reply{}
 	read := func(cookie, off uint64, n uint32, flags uint16) *reply {
-		rc.send(encReq(flags, cmdRead, cookie, off, n, nil))
+		rc.send(encReq(flags, wire.CmdRead, cookie, off, n, nil))
 		return rc.reply(cookie, 0, stash)
 	}
 	want := bytes.Clone(base.b)
 	// Reads: data and holes, DF.
 	rep := read(1, 250<<10, 200<<10, 0)
 	mustEqual(t, "read", assemble(t, rep, 250<<10, 200<<10), want[250<<10:450<<10])
-	if len(rep.chunks) < 2 || rep.chunks[1].typ != replyTypeOffsetHole {
+	if len(rep.chunks) < 2 || rep.chunks[1].typ != wire.ReplyTypeOffsetHole {
 		t.Fatalf("read over a hole: %d chunks", len(rep.chunks))
 	}
-	rep = read(2, 250<<10, 200<<10, cmdFlagDF)
-	if len(rep.chunks) != 1 || rep.chunks[0].typ != replyTypeOffsetData {
+	rep = read(2, 250<<10, 200<<10, wire.CmdFlagDF)
+	if len(rep.chunks) != 1 || rep.chunks[0].typ != wire.ReplyTypeOffsetData {
 		t.Fatalf("DF read: %d chunks", len(rep.chunks))
 	}
 	mustEqual(t, "DF read", assemble(t, rep, 250<<10, 200<<10), want[250<<10:450<<10])
@@ -310,18 +312,18 @@ func TestProtocol(t *testing.T) {
 		flags uint16
 		errno uint32
 	}{
-		{size - 50, 51, 0, errInval},
-		{1 << 63, 1, 0, errInval},
-		{^uint64(0), 2, 0, errInval},
-		{0, MaxBlockSize + 1, 0, errOverflow},
-		{0, 10, 1 << 9, errInval},
-		{0, 10, cmdFlagReqOne, errInval},
+		{size - 50, 51, 0, wire.ErrInval},
+		{1 << 63, 1, 0, wire.ErrInval},
+		{^uint64(0), 2, 0, wire.ErrInval},
+		{0, MaxBlockSize + 1, 0, wire.ErrOverflow},
+		{0, 10, 1 << 9, wire.ErrInval},
+		{0, 10, wire.CmdFlagReqOne, wire.ErrInval},
 	} {
 		if rep := read(4, bad.off, bad.n, bad.flags); rep.errno != bad.errno {
 			t.Fatalf("read %+v: errno %d", bad, rep.errno)
 		}
 	}
-	if rep := read(5, 10, 0, 0); rep.errno != 0 || len(rep.chunks) != 1 || rep.chunks[0].typ != replyTypeNone {
+	if rep := read(5, 10, 0, 0); rep.errno != 0 || len(rep.chunks) != 1 || rep.chunks[0].typ != wire.ReplyTypeNone {
 		t.Fatalf("empty read: %+v", rep)
 	}
 
@@ -331,41 +333,41 @@ func TestProtocol(t *testing.T) {
 		return rc.reply(cookie, 0, stash)
 	}
 	p := randomBytes(9, 5000)
-	if rep := cmd(cmdFlagFUA, cmdWrite, 10, 100, 5000, p); rep.errno != 0 {
+	if rep := cmd(wire.CmdFlagFUA, wire.CmdWrite, 10, 100, 5000, p); rep.errno != 0 {
 		t.Fatalf("write: %d", rep.errno)
 	}
 	copy(want[100:], p)
-	if rep := cmd(0, cmdWrite, 11, size-10, 11, make([]byte, 11)); rep.errno != errNoSpc {
+	if rep := cmd(0, wire.CmdWrite, 11, size-10, 11, make([]byte, 11)); rep.errno != wire.ErrNoSpc {
 		t.Fatalf("write past the end: %d", rep.errno)
 	}
 	big := make([]byte, MaxBlockSize+1)
-	if rep := cmd(0, cmdWrite, 12, 0, MaxBlockSize+1, big); rep.errno != errOverflow {
+	if rep := cmd(0, wire.CmdWrite, 12, 0, MaxBlockSize+1, big); rep.errno != wire.ErrOverflow {
 		t.Fatalf("write too big: %d", rep.errno)
 	}
-	if rep := cmd(cmdFlagNoHole|cmdFlagFastZero, cmdWriteZeroes, 13, 1000, 9000, nil); rep.errno != 0 {
+	if rep := cmd(wire.CmdFlagNoHole|wire.CmdFlagFastZero, wire.CmdWriteZeroes, 13, 1000, 9000, nil); rep.errno != 0 {
 		t.Fatalf("write zeroes: %d", rep.errno)
 	}
 	clear(want[1000:10000])
-	if rep := cmd(0, cmdTrim, 14, 5*BlockSize, 2*BlockSize, nil); rep.errno != 0 {
+	if rep := cmd(0, wire.CmdTrim, 14, 5*BlockSize, 2*BlockSize, nil); rep.errno != 0 {
 		t.Fatalf("trim: %d", rep.errno)
 	}
 	clear(want[5*BlockSize : 7*BlockSize])
-	if rep := cmd(cmdFlagDF, cmdTrim, 15, 0, 10, nil); rep.errno != errInval {
+	if rep := cmd(wire.CmdFlagDF, wire.CmdTrim, 15, 0, 10, nil); rep.errno != wire.ErrInval {
 		t.Fatalf("trim with DF: %d", rep.errno)
 	}
-	if rep := cmd(0, cmdFlush, 16, 0, 0, nil); rep.errno != 0 {
+	if rep := cmd(0, wire.CmdFlush, 16, 0, 0, nil); rep.errno != 0 {
 		t.Fatalf("flush: %d", rep.errno)
 	}
-	if rep := cmd(0, 42, 17, 0, 0, nil); rep.errno != errInval {
+	if rep := cmd(0, 42, 17, 0, 0, nil); rep.errno != wire.ErrInval {
 		t.Fatalf("unknown command: %d", rep.errno)
 	}
-	if rep := cmd(0, cmdCache, 18, 0, 10, nil); rep.errno != errInval {
+	if rep := cmd(0, wire.CmdCache, 18, 0, 10, nil); rep.errno != wire.ErrInval {
 		t.Fatalf("cache: %d", rep.errno)
 	}
 
 	// Block status.
-	rep = cmd(0, cmdBlockStatus, 20, 0, uint32(size), nil)
-	if rep.errno != 0 || len(rep.chunks) != 1 || rep.chunks[0].typ != replyTypeBlockStatus {
+	rep = cmd(0, wire.CmdBlockStatus, 20, 0, uint32(size), nil)
+	if rep.errno != 0 || len(rep.chunks) != 1 || rep.chunks[0].typ != wire.ReplyTypeBlockStatus {
 		t.Fatalf("block status: %+v", rep)
 	}
 	bs := rep.chunks[0].payload
@@ -376,14 +378,14 @@ func TestProtocol(t *testing.T) {
 	if be.Uint32(bs) != baseAllocationID || total != size || len(bs) < 4+3*8 {
 		t.Fatalf("block status payload %x", bs)
 	}
-	rep = cmd(cmdFlagReqOne, cmdBlockStatus, 21, 0, uint32(size), nil)
+	rep = cmd(wire.CmdFlagReqOne, wire.CmdBlockStatus, 21, 0, uint32(size), nil)
 	if len(rep.chunks[0].payload) != 12 {
 		t.Fatalf("REQ_ONE: %x", rep.chunks[0].payload)
 	}
-	if rep := cmd(0, cmdBlockStatus, 22, 0, 0, nil); rep.errno != errInval {
+	if rep := cmd(0, wire.CmdBlockStatus, 22, 0, 0, nil); rep.errno != wire.ErrInval {
 		t.Fatalf("empty block status: %d", rep.errno)
 	}
-	if rep := cmd(0, cmdBlockStatus, 23, 1, uint32(size), nil); rep.errno != errInval {
+	if rep := cmd(0, wire.CmdBlockStatus, 23, 1, uint32(size), nil); rep.errno != wire.ErrInval {
 		t.Fatalf("block status past the end: %d", rep.errno)
 	}
 
@@ -391,7 +393,7 @@ func TestProtocol(t *testing.T) {
 	// send while reading.
 	var reqs []byte
 	for i := range uint64(20) {
-		reqs = append(reqs, encReq(0, cmdRead, 100+i, i*40000, 40000, nil)...)
+		reqs = append(reqs, encReq(0, wire.CmdRead, 100+i, i*40000, 40000, nil)...)
 	}
 	go rc.c.Write(reqs)
 	for i := range uint64(20) {
@@ -401,7 +403,7 @@ func TestProtocol(t *testing.T) {
 	mustEqual(t, "overlay", readAll(t, ov.Image(), ov.Size()), want)
 
 	// Disconnect: the server hangs up.
-	rc.send(encReq(0, cmdDisc, 0, 0, 0, nil))
+	rc.send(encReq(0, wire.CmdDisc, 0, 0, 0, nil))
 	if _, err := rc.r.ReadByte(); !errors.Is(err, io.EOF) {
 		t.Fatalf("after DISC: %v", err)
 	}
@@ -411,37 +413,37 @@ func TestProtocol(t *testing.T) {
 // 124 zero bytes, and simple replies.
 func TestExportName(t *testing.T) {
 	srv, ov, base := testServer(t)
-	for _, cflags := range []uint32{flagFixedNewstyle | flagNoZeroes, 0} {
+	for _, cflags := range []uint32{wire.FlagFixedNewstyle | wire.FlagNoZeroes, 0} {
 		rc := newRaw(t, srv, cflags)
-		rc.send(encOpt(optExportName, []byte("a")))
+		rc.send(encOpt(wire.OptExportName, []byte("a")))
 		n := 10
-		if cflags&flagNoZeroes == 0 {
+		if cflags&wire.FlagNoZeroes == 0 {
 			n += 124
 		}
 		b := make([]byte, n)
 		rc.read(b)
-		if be.Uint64(b) != uint64(ov.Size()) || be.Uint16(b[8:])&flagSendDF != 0 || !allZero(b[10:]) {
+		if be.Uint64(b) != uint64(ov.Size()) || be.Uint16(b[8:])&wire.FlagSendDF != 0 || !allZero(b[10:]) {
 			t.Fatalf("export info %x", b)
 		}
 		stash := map[uint64]*reply{}
-		rc.send(encReq(0, cmdRead, 7, 1000, 3000, nil))
+		rc.send(encReq(0, wire.CmdRead, 7, 1000, 3000, nil))
 		r := rc.reply(7, 3000, stash)
 		if !r.simple || r.errno != 0 {
 			t.Fatalf("read: %+v", r)
 		}
 		mustEqual(t, "read", r.data, base.b[1000:4000])
-		rc.send(encReq(cmdFlagDF, cmdRead, 8, 1000, 3000, nil))
-		if r := rc.reply(8, 3000, stash); !r.simple || r.errno != errInval {
+		rc.send(encReq(wire.CmdFlagDF, wire.CmdRead, 8, 1000, 3000, nil))
+		if r := rc.reply(8, 3000, stash); !r.simple || r.errno != wire.ErrInval {
 			t.Fatalf("DF without structured replies: %+v", r)
 		}
-		rc.send(encReq(0, cmdBlockStatus, 9, 0, 10, nil))
-		if r := rc.reply(9, 0, stash); r.errno != errInval {
+		rc.send(encReq(0, wire.CmdBlockStatus, 9, 0, 10, nil))
+		if r := rc.reply(9, 0, stash); r.errno != wire.ErrInval {
 			t.Fatalf("block status without contexts: %+v", r)
 		}
 	}
 	// Unknown export: the server hangs up.
-	rc := newRaw(t, srv, flagFixedNewstyle)
-	rc.send(encOpt(optExportName, []byte("nope")))
+	rc := newRaw(t, srv, wire.FlagFixedNewstyle)
+	rc.send(encOpt(wire.OptExportName, []byte("nope")))
 	if _, err := rc.r.ReadByte(); err == nil {
 		t.Fatal("server answered an unknown export")
 	}
@@ -450,25 +452,25 @@ func TestExportName(t *testing.T) {
 // TestReadOnlyExport: writes get EPERM; the image export is read-only.
 func TestReadOnlyExport(t *testing.T) {
 	srv, _, base := testServer(t)
-	rc := newRaw(t, srv, flagFixedNewstyle|flagNoZeroes)
-	rc.opt(optStructuredReply, nil)
-	rc.opt(optSetMetaContext, metaData("ro", metaBaseAllocation))
-	r := rc.opt(optGo, goData("ro"))
-	if f := be.Uint16(r[0].data[10:]); f&flagReadOnly == 0 || f&flagSendTrim != 0 {
+	rc := newRaw(t, srv, wire.FlagFixedNewstyle|wire.FlagNoZeroes)
+	rc.opt(wire.OptStructuredReply, nil)
+	rc.opt(wire.OptSetMetaContext, metaData("ro", metaBaseAllocation))
+	r := rc.opt(wire.OptGo, goData("ro"))
+	if f := be.Uint16(r[0].data[10:]); f&wire.FlagReadOnly == 0 || f&wire.FlagSendTrim != 0 {
 		t.Fatalf("flags %#x", f)
 	}
 	stash := map[uint64]*reply{}
-	rc.send(encReq(0, cmdWrite, 1, 0, 5, []byte("hello")))
-	if r := rc.reply(1, 0, stash); r.errno != errPerm {
+	rc.send(encReq(0, wire.CmdWrite, 1, 0, 5, []byte("hello")))
+	if r := rc.reply(1, 0, stash); r.errno != wire.ErrPerm {
 		t.Fatalf("write: %+v", r)
 	}
-	rc.send(encReq(0, cmdWriteZeroes, 2, 0, 5, nil))
-	if r := rc.reply(2, 0, stash); r.errno != errPerm {
+	rc.send(encReq(0, wire.CmdWriteZeroes, 2, 0, 5, nil))
+	if r := rc.reply(2, 0, stash); r.errno != wire.ErrPerm {
 		t.Fatalf("write zeroes: %+v", r)
 	}
-	rc.send(encReq(0, cmdRead, 3, 0, 5, nil))
+	rc.send(encReq(0, wire.CmdRead, 3, 0, 5, nil))
 	mustEqual(t, "read after refused writes", assemble(t, rc.reply(3, 0, stash), 0, 5), base.b[:5])
-	rc.send(encReq(0, cmdBlockStatus, 4, 0, uint32(len(base.b)), nil))
+	rc.send(encReq(0, wire.CmdBlockStatus, 4, 0, uint32(len(base.b)), nil))
 	if r := rc.reply(4, 0, stash); r.errno != 0 {
 		t.Fatalf("block status: %+v", r)
 	}
@@ -482,27 +484,27 @@ func TestHandshakeErrors(t *testing.T) {
 	if _, err := rc.r.ReadByte(); err == nil {
 		t.Fatal("unknown client flags accepted")
 	}
-	rc = newRaw(t, srv, flagFixedNewstyle)
+	rc = newRaw(t, srv, wire.FlagFixedNewstyle)
 	rc.send(binary.BigEndian.AppendUint64(nil, 0x1234))
 	rc.send(make([]byte, 8))
 	if _, err := rc.r.ReadByte(); err == nil {
 		t.Fatal("bad option magic accepted")
 	}
-	rc = newRaw(t, srv, flagFixedNewstyle)
-	if r := rc.opt(optAbort, nil); r[0].typ != repAck {
+	rc = newRaw(t, srv, wire.FlagFixedNewstyle)
+	if r := rc.opt(wire.OptAbort, nil); r[0].typ != wire.RepAck {
 		t.Fatalf("ABORT: %+v", r)
 	}
 	if _, err := rc.r.ReadByte(); err == nil {
 		t.Fatal("server kept the session after ABORT")
 	}
-	rc = newRaw(t, srv, flagFixedNewstyle)
-	rc.send(encOpt(optGo, goData("a")))
+	rc = newRaw(t, srv, wire.FlagFixedNewstyle)
+	rc.send(encOpt(wire.OptGo, goData("a")))
 	for range 4 {
 		var h [20]byte
 		rc.read(h[:])
 		rc.read(make([]byte, be.Uint32(h[16:])))
 	}
-	req := encReq(0, cmdRead, 1, 0, 10, nil)
+	req := encReq(0, wire.CmdRead, 1, 0, 10, nil)
 	req[0] ^= 0xff
 	rc.send(req)
 	if _, err := rc.r.ReadByte(); err == nil {

@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"lifeboat/disk"
+	"lifeboat/nbd/internal/wire"
 )
 
 // request is one command in flight.
@@ -97,7 +98,7 @@ func (c *conn) readLoop() error {
 			}
 			return c.readErr(err)
 		}
-		if m := be.Uint32(h[:]); m != requestMagic {
+		if m := be.Uint32(h[:]); m != wire.RequestMagic {
 			return protoErr("request magic %#x", m)
 		}
 		r := &request{
@@ -107,11 +108,11 @@ func (c *conn) readLoop() error {
 			off:    be.Uint64(h[16:]),
 			length: be.Uint32(h[24:]),
 		}
-		if r.cmd == cmdDisc {
+		if r.cmd == wire.CmdDisc {
 			return nil
 		}
 		errno, msg := c.check(r)
-		if r.cmd == cmdWrite {
+		if r.cmd == wire.CmdWrite {
 			if errno != 0 || r.length == 0 {
 				// The payload must be consumed whatever happens to it.
 				if _, err := io.CopyN(io.Discard, c.r, int64(r.length)); err != nil {
@@ -132,7 +133,7 @@ func (c *conn) readLoop() error {
 			c.replyErr(r, errno, msg)
 			continue
 		}
-		if r.cmd == cmdRead {
+		if r.cmd == wire.CmdRead {
 			if err := c.acquire(r, int64(r.length)); err != nil {
 				return err
 			}
@@ -183,49 +184,49 @@ func (c *conn) check(r *request) (uint32, string) {
 	size := uint64(c.b.Size())
 	inRange := r.off <= size && uint64(r.length) <= size-r.off
 	ro := c.sess.exp.readOnly
-	flags := func(allowed uint16) bool { return r.flags&^(allowed|cmdFlagFUA) == 0 }
+	flags := func(allowed uint16) bool { return r.flags&^(allowed|wire.CmdFlagFUA) == 0 }
 	switch r.cmd {
-	case cmdRead:
+	case wire.CmdRead:
 		switch {
-		case !flags(cmdFlagDF), r.flags&cmdFlagDF != 0 && !c.sess.structured:
-			return errInval, "unsupported flags"
+		case !flags(wire.CmdFlagDF), r.flags&wire.CmdFlagDF != 0 && !c.sess.structured:
+			return wire.ErrInval, "unsupported flags"
 		case r.length > MaxBlockSize:
-			return errOverflow, fmt.Sprintf("read of %d bytes is larger than %d", r.length, MaxBlockSize)
+			return wire.ErrOverflow, fmt.Sprintf("read of %d bytes is larger than %d", r.length, MaxBlockSize)
 		case !inRange:
-			return errInval, "read past the end of the export"
+			return wire.ErrInval, "read past the end of the export"
 		}
-	case cmdWrite, cmdWriteZeroes, cmdTrim:
+	case wire.CmdWrite, wire.CmdWriteZeroes, wire.CmdTrim:
 		allowed := uint16(0)
-		if r.cmd == cmdWriteZeroes {
-			allowed = cmdFlagNoHole | cmdFlagFastZero
+		if r.cmd == wire.CmdWriteZeroes {
+			allowed = wire.CmdFlagNoHole | wire.CmdFlagFastZero
 		}
 		switch {
 		case !flags(allowed):
-			return errInval, "unsupported flags"
+			return wire.ErrInval, "unsupported flags"
 		case ro:
-			return errPerm, "read-only export"
-		case r.cmd == cmdWrite && r.length > MaxBlockSize:
-			return errOverflow, fmt.Sprintf("write of %d bytes is larger than %d", r.length, MaxBlockSize)
-		case !inRange && r.cmd == cmdTrim:
-			return errInval, "trim past the end of the export"
+			return wire.ErrPerm, "read-only export"
+		case r.cmd == wire.CmdWrite && r.length > MaxBlockSize:
+			return wire.ErrOverflow, fmt.Sprintf("write of %d bytes is larger than %d", r.length, MaxBlockSize)
+		case !inRange && r.cmd == wire.CmdTrim:
+			return wire.ErrInval, "trim past the end of the export"
 		case !inRange:
-			return errNoSpc, "write past the end of the export"
+			return wire.ErrNoSpc, "write past the end of the export"
 		}
-	case cmdFlush:
+	case wire.CmdFlush:
 		if !flags(0) {
-			return errInval, "unsupported flags"
+			return wire.ErrInval, "unsupported flags"
 		}
-	case cmdBlockStatus:
+	case wire.CmdBlockStatus:
 		switch {
-		case !flags(cmdFlagReqOne):
-			return errInval, "unsupported flags"
+		case !flags(wire.CmdFlagReqOne):
+			return wire.ErrInval, "unsupported flags"
 		case !c.sess.metaAlloc:
-			return errInval, "no metadata context negotiated"
+			return wire.ErrInval, "no metadata context negotiated"
 		case r.length == 0, !inRange:
-			return errInval, "block status range outside the export"
+			return wire.ErrInval, "block status range outside the export"
 		}
 	default:
-		return errInval, fmt.Sprintf("unknown command %d", r.cmd)
+		return wire.ErrInval, fmt.Sprintf("unknown command %d", r.cmd)
 	}
 	return 0, ""
 }
@@ -234,15 +235,15 @@ func (c *conn) check(r *request) (uint32, string) {
 func errno(err error) uint32 {
 	switch {
 	case errors.Is(err, syscall.ENOSPC), errors.Is(err, syscall.EDQUOT), errors.Is(err, syscall.EFBIG):
-		return errNoSpc
+		return wire.ErrNoSpc
 	case errors.Is(err, ErrOutOfRange):
-		return errInval
+		return wire.ErrInval
 	case errors.Is(err, errReadOnly):
-		return errPerm
+		return wire.ErrPerm
 	case errors.Is(err, ErrClosed):
-		return errShutdown
+		return wire.ErrShutdown
 	}
-	return errIO
+	return wire.ErrIO
 }
 
 func (c *conn) handle(r *request) {
@@ -250,24 +251,24 @@ func (c *conn) handle(r *request) {
 	off := int64(r.off)
 	var err error
 	switch r.cmd {
-	case cmdRead:
+	case wire.CmdRead:
 		c.read(r)
 		return
-	case cmdBlockStatus:
+	case wire.CmdBlockStatus:
 		c.blockStatus(r)
 		return
-	case cmdWrite:
+	case wire.CmdWrite:
 		if r.length > 0 {
 			_, err = c.b.WriteAt(r.buf, off)
 		}
-	case cmdWriteZeroes:
+	case wire.CmdWriteZeroes:
 		err = c.b.WriteZeroes(off, int64(r.length))
-	case cmdTrim:
+	case wire.CmdTrim:
 		err = c.b.Trim(off, int64(r.length))
-	case cmdFlush:
+	case wire.CmdFlush:
 		err = c.b.Flush()
 	}
-	if err == nil && r.flags&cmdFlagFUA != 0 && r.cmd != cmdFlush {
+	if err == nil && r.flags&wire.CmdFlagFUA != 0 && r.cmd != wire.CmdFlush {
 		err = c.b.Flush()
 	}
 	if err != nil {
@@ -283,19 +284,19 @@ func (c *conn) handle(r *request) {
 
 func cmdName(cmd uint16) string {
 	switch cmd {
-	case cmdRead:
+	case wire.CmdRead:
 		return "read"
-	case cmdWrite:
+	case wire.CmdWrite:
 		return "write"
-	case cmdFlush:
+	case wire.CmdFlush:
 		return "flush"
-	case cmdTrim:
+	case wire.CmdTrim:
 		return "trim"
-	case cmdWriteZeroes:
+	case wire.CmdWriteZeroes:
 		return "write zeroes"
-	case cmdBlockStatus:
+	case wire.CmdBlockStatus:
 		return "block status"
-	case cmdCache:
+	case wire.CmdCache:
 		return "cache"
 	}
 	return fmt.Sprintf("command %d", cmd)
@@ -305,7 +306,7 @@ func cmdName(cmd uint16) string {
 
 func (c *conn) simpleHdr(cookie uint64, errno uint32) {
 	var h [16]byte
-	be.PutUint32(h[0:], simpleReplyMagic)
+	be.PutUint32(h[0:], wire.SimpleReplyMagic)
 	be.PutUint32(h[4:], errno)
 	be.PutUint64(h[8:], cookie)
 	c.write(h[:])
@@ -313,7 +314,7 @@ func (c *conn) simpleHdr(cookie uint64, errno uint32) {
 
 func (c *conn) chunkHdr(flags, typ uint16, cookie uint64, length uint32) {
 	var h [20]byte
-	be.PutUint32(h[0:], structuredReplyMagic)
+	be.PutUint32(h[0:], wire.StructuredReplyMagic)
 	be.PutUint16(h[4:], flags)
 	be.PutUint16(h[6:], typ)
 	be.PutUint64(h[8:], cookie)
@@ -351,7 +352,7 @@ func (c *conn) replyErr(r *request, errno uint32, msg string) {
 	if len(msg) > maxStringLen {
 		msg = msg[:maxStringLen]
 	}
-	c.chunkHdr(replyFlagDone, replyTypeError, r.cookie, uint32(6+len(msg)))
+	c.chunkHdr(wire.ReplyFlagDone, wire.ReplyTypeError, r.cookie, uint32(6+len(msg)))
 	var p [6]byte
 	be.PutUint32(p[0:], errno)
 	be.PutUint16(p[4:], uint16(len(msg)))
@@ -386,9 +387,9 @@ func (c *conn) read(r *request) {
 		c.simpleHdr(r.cookie, 0)
 		c.write(buf)
 	case r.length == 0:
-		c.chunkHdr(replyFlagDone, replyTypeNone, r.cookie, 0)
-	case r.flags&cmdFlagDF != 0:
-		c.dataChunk(replyFlagDone, r.cookie, r.off, buf)
+		c.chunkHdr(wire.ReplyFlagDone, wire.ReplyTypeNone, r.cookie, 0)
+	case r.flags&wire.CmdFlagDF != 0:
+		c.dataChunk(wire.ReplyFlagDone, r.cookie, r.off, buf)
 	default:
 		c.sparseChunks(r, buf)
 	}
@@ -396,7 +397,7 @@ func (c *conn) read(r *request) {
 }
 
 func (c *conn) dataChunk(flags uint16, cookie, off uint64, data []byte) {
-	c.chunkHdr(flags, replyTypeOffsetData, cookie, uint32(8+len(data)))
+	c.chunkHdr(flags, wire.ReplyTypeOffsetData, cookie, uint32(8+len(data)))
 	var o [8]byte
 	be.PutUint64(o[:], off)
 	c.write(o[:])
@@ -404,7 +405,7 @@ func (c *conn) dataChunk(flags uint16, cookie, off uint64, data []byte) {
 }
 
 func (c *conn) holeChunk(flags uint16, cookie, off uint64, n int) {
-	c.chunkHdr(flags, replyTypeOffsetHole, cookie, 12)
+	c.chunkHdr(flags, wire.ReplyTypeOffsetHole, cookie, 12)
 	var p [12]byte
 	be.PutUint64(p[0:], off)
 	be.PutUint32(p[8:], uint32(n))
@@ -441,7 +442,7 @@ func (c *conn) sparseChunks(r *request, buf []byte) {
 		}
 		pos = e
 	}
-	emit(cur, replyFlagDone)
+	emit(cur, wire.ReplyFlagDone)
 }
 
 func allZero(b []byte) bool {
@@ -504,12 +505,12 @@ func (c *conn) blockStatus(r *request) {
 	if len(ds) == 0 {
 		ds = append(ds, desc{uint32(n), 0}) // "allocated", always safe
 	}
-	if r.flags&cmdFlagReqOne != 0 {
+	if r.flags&wire.CmdFlagReqOne != 0 {
 		ds = ds[:1]
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	c.chunkHdr(replyFlagDone, replyTypeBlockStatus, r.cookie, uint32(4+8*len(ds)))
+	c.chunkHdr(wire.ReplyFlagDone, wire.ReplyTypeBlockStatus, r.cookie, uint32(4+8*len(ds)))
 	p := be.AppendUint32(make([]byte, 0, 4+8*len(ds)), baseAllocationID)
 	for _, d := range ds {
 		p = be.AppendUint32(p, d.length)
