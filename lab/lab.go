@@ -104,6 +104,11 @@ func Start(t testing.TB) *Lab {
 	if !upped {
 		upped = true
 		upLab, upErr = up(testenv.RepoRoot(t))
+	} else if upErr == nil && !daemonsAlive(upLab) {
+		// Debian's libvirtd 9 has been seen to segfault in its QEMU
+		// driver under the lab's tests; bring dead nodes back (lab.sh up
+		// is idempotent) so one crash does not fail every later test.
+		upLab, upErr = runUp()
 	}
 	if upErr != nil {
 		t.Fatal(upErr)
@@ -125,6 +130,11 @@ func up(root string) (*Lab, error) {
 		return nil, err
 	}
 	users = f
+	return runUp()
+}
+
+// runUp runs lab.sh up and loads the lab's description.
+func runUp() (*Lab, error) {
 	var out bytes.Buffer
 	cmd := exec.Command("bash", upScript, "up")
 	cmd.Env = append(os.Environ(), "LIFEBOAT_LAB_BY_TESTS=1")
@@ -133,6 +143,22 @@ func up(root string) (*Lab, error) {
 		return nil, fmt.Errorf("lab.sh up: %v\n%s", err, out.String())
 	}
 	return Load()
+}
+
+// daemonsAlive reports whether every node's libvirtd still runs.
+func daemonsAlive(l *Lab) bool {
+	for _, n := range l.Nodes {
+		b, err := os.ReadFile(n.Pidfile)
+		if err != nil {
+			return false
+		}
+		st, err := os.ReadFile("/proc/" + string(bytes.TrimSpace(b)) + "/stat")
+		// The state follows the parenthesised command name; Z is a zombie.
+		if i := bytes.LastIndexByte(st, ')'); err != nil || i < 0 || i+2 >= len(st) || st[i+2] == 'Z' {
+			return false
+		}
+	}
+	return true
 }
 
 // Load reads $LAB/lab.json of a lab that is up.
