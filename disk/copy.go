@@ -34,9 +34,19 @@ func Copy(ctx context.Context, dst io.WriterAt, src io.ReaderAt, ranges []Extent
 	if piece <= 0 {
 		piece = 4 << 20
 	}
+	direct := false
+	if cw, ok := dst.(ConcurrentWriter); ok {
+		direct = cw.ConcurrentWrites()
+	}
 	readers := opts.Readers
 	if readers <= 0 {
 		readers = runtime.GOMAXPROCS(0)
+		if direct {
+			// Each worker then also waits for its own write (with
+			// O_DIRECT, for the device): twice as many keep the CPU busy
+			// while writes are in flight.
+			readers *= 2
+		}
 	}
 	type job struct {
 		off  int64
@@ -80,10 +90,6 @@ func Copy(ctx context.Context, dst io.WriterAt, src io.ReaderAt, ranges []Extent
 		}
 		return nil
 	})
-	direct := false
-	if cw, ok := dst.(ConcurrentWriter); ok {
-		direct = cw.ConcurrentWrites()
-	}
 	for range readers {
 		g.Go(func() error {
 			for j := range work {

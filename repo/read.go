@@ -3,6 +3,7 @@ package repo
 import (
 	"context"
 	"fmt"
+	"golang.org/x/sync/errgroup"
 	"io"
 	"sync"
 
@@ -145,6 +146,22 @@ func (m *FileImage) readParent(dst []byte, off int64) error {
 
 func (m *FileImage) readSlots(dst []byte, off int64) error {
 	cs := m.x.ChunkSize
+	first, last := off/cs, (off+int64(len(dst))-1)/cs
+	loaded := make([][]byte, last-first+1)
+	if last > first {
+		// A read spanning several chunks (a restore's 4 MiB pieces) loads
+		// them at once: their reads from storage overlap, which is what a
+		// cold repository or a remote backend waits on.
+		var g errgroup.Group
+		for s := first; s <= last; s++ {
+			if !m.x.Slots[s].Hole {
+				g.Go(func() (err error) { loaded[s-first], err = m.slot(s); return err })
+			}
+		}
+		if err := g.Wait(); err != nil {
+			return err
+		}
+	}
 	for len(dst) > 0 {
 		s := off / cs
 		in := off - s*cs
@@ -152,9 +169,12 @@ func (m *FileImage) readSlots(dst []byte, off int64) error {
 		if m.x.Slots[s].Hole {
 			clear(dst[:k])
 		} else {
-			data, err := m.slot(s)
-			if err != nil {
-				return err
+			data := loaded[s-first]
+			if data == nil {
+				var err error
+				if data, err = m.slot(s); err != nil {
+					return err
+				}
 			}
 			if in+k > int64(len(data)) {
 				return fmt.Errorf("slot %d: chunk %s holds %d bytes, need %d: %w", s, m.x.Slots[s].ID, len(data), in+k, ErrCorrupt)

@@ -2,7 +2,7 @@
 // Go profiler, to see where the time goes (bench/run.sh measures the CLI;
 // this only explains it):
 //
-//	lbprof backup  -repo DIR [-hash blake3|sha256] [-cpuprofile F] [-blockprofile F] [-memprofile F] IMAGE
+//	lbprof backup  -repo DIR [-hash blake3|sha256] [-changed MAP] [-cpuprofile F] [-blockprofile F] [-memprofile F] [-trace F] IMAGE
 //	lbprof restore -repo DIR [-point ID] -to DIR [-cpuprofile F] [-blockprofile F]
 //
 // backup initialises DIR as a repository when it holds none. restore takes
@@ -12,15 +12,18 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"runtime/trace"
 	"time"
 
 	"lifeboat/backup"
+	"lifeboat/disk"
 	"lifeboat/repo"
 	"lifeboat/repo/storage"
 	"lifeboat/repo/storage/local"
@@ -40,12 +43,26 @@ func main() {
 	block := fs.String("blockprofile", "", "write a blocking profile (channel waits, locks) here")
 	point := fs.String("point", "", "restore: point ID (newest by default)")
 	to := fs.String("to", "", "restore: target folder")
+	changed := fs.String("changed", "", "backup: change map [[offset,length],…] since the previous point")
+	trc := fs.String("trace", "", "write an execution trace (where wall time goes: I/O waits, syncs) here")
 	fs.Parse(os.Args[2:])
+	if *trc != "" {
+		f, err := os.Create(*trc)
+		if err == nil {
+			err = trace.Start(f)
+		}
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "lbprof:", err)
+			os.Exit(1)
+		}
+		defer f.Close()
+		defer trace.Stop()
+	}
 	ctx := context.Background()
 	if *block != "" {
 		runtime.SetBlockProfileRate(int(time.Millisecond))
 	}
-	err := run(ctx, os.Args[1], *dir, *hash, *cpu, *mem, *point, *to, fs.Args())
+	err := run(ctx, os.Args[1], *dir, *hash, *cpu, *mem, *point, *to, *changed, fs.Args())
 	if err == nil && *block != "" {
 		err = writeProfile("block", *block)
 	}
@@ -55,7 +72,7 @@ func main() {
 	}
 }
 
-func run(ctx context.Context, mode, dir, hash, cpu, mem, point, to string, args []string) error {
+func run(ctx context.Context, mode, dir, hash, cpu, mem, point, to, changed string, args []string) error {
 	b, err := local.Open(dir)
 	if err != nil {
 		return err
@@ -90,7 +107,23 @@ func run(ctx context.Context, mode, dir, hash, cpu, mem, point, to string, args 
 		if err != nil {
 			return err
 		}
-		pt, err := backup.Run(ctx, r, src, backup.Options{Name: "prof"})
+		opts := backup.Options{Name: "prof"}
+		if changed != "" {
+			data, err := os.ReadFile(changed)
+			if err != nil {
+				return err
+			}
+			var pairs [][2]int64
+			if err := json.Unmarshal(data, &pairs); err != nil {
+				return fmt.Errorf("change map %s: %w", changed, err)
+			}
+			var ext []disk.Extent
+			for _, p := range pairs {
+				ext = append(ext, disk.Extent{Offset: p[0], Length: p[1], Kind: disk.Data})
+			}
+			opts.Changed = map[string][]disk.Extent{src.Files[0].Path: ext}
+		}
+		pt, err := backup.Run(ctx, r, src, opts)
 		if err != nil {
 			return err
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -85,4 +86,33 @@ func punchHole(f *os.File, off, n int64) error {
 // its decompression instead of following it.
 func startWriteback(f *os.File, off, n int64) {
 	unix.SyncFileRange(int(f.Fd()), off, n, unix.SYNC_FILE_RANGE_WRITE)
+}
+
+// directAlign is the alignment O_DIRECT asks of offsets, lengths and
+// buffer addresses: the largest logical block size in common use.
+const directAlign = 4096
+
+// openDirect opens path for O_DIRECT writes, or returns nil where the file
+// system refuses them.
+func openDirect(path string) *os.File {
+	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_DIRECT, 0)
+	if err != nil {
+		return nil
+	}
+	return f
+}
+
+// directAligned says whether a write can go through O_DIRECT. Large Go
+// allocations start on page boundaries, so restore's buffers qualify; a
+// buffer that does not simply takes the page cache.
+func directAligned(p []byte, off int64) bool {
+	return off%directAlign == 0 && len(p)%directAlign == 0 && len(p) > 0 &&
+		uintptr(unsafe.Pointer(unsafe.SliceData(p)))%directAlign == 0
+}
+
+// directRefused tells a refused direct write (alignment the device wants
+// larger, a file system that accepts O_DIRECT at open but not at write)
+// from a real write error.
+func directRefused(err error) bool {
+	return errors.Is(err, unix.EINVAL) || errors.Is(err, unix.EOPNOTSUPP)
 }

@@ -19,3 +19,9 @@ func holes(ctx context.Context, f *os.File, path string, off, length int64) ([]d
 func punchHole(f *os.File, off, n int64) error { return errNoHoles }
 
 func startWriteback(*os.File, int64, int64) {}
+
+func openDirect(string) *os.File { return nil }
+
+func directAligned([]byte, int64) bool { return false }
+
+func directRefused(error) bool { return false }

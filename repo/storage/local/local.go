@@ -112,7 +112,11 @@ func (b *Backend) Stage(ctx context.Context, key string, data []byte) error {
 		return nil
 	}
 	tmp := b.tempName()
-	if err := writeFile(tmp, data, false); err != nil {
+	done, err := writeDirect(tmp, data)
+	if !done {
+		err = writeFile(tmp, data, false)
+	}
+	if err != nil {
 		os.Remove(tmp)
 		return fmt.Errorf("stage %s: %w", key, err)
 	}

@@ -1,0 +1,5 @@
+//go:build !linux
+
+package local
+
+func writeDirect(string, []byte) (bool, error) { return false, nil }
