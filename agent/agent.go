@@ -37,6 +37,7 @@ import (
 
 	"lifeboat/api"
 	"lifeboat/catalog"
+	"lifeboat/recovery"
 )
 
 // Config is how an agent starts.
@@ -63,6 +64,9 @@ type Config struct {
 	Password string
 	// RestoreRoot, if set, confines restores to folders under it.
 	RestoreRoot string
+	// HA is the cluster's HA manager for recoveries that keep or add an
+	// HA role (nil: none; such requests are refused).
+	HA recovery.HA
 	// Interval between heartbeats; 0 takes the server's.
 	Interval time.Duration
 	// Jobs run at once (default 2: a restore need not wait for a backup).
@@ -85,6 +89,8 @@ type Agent struct {
 	volumes []catalog.SharedVolume
 	vms     []VM // last inventory
 	invErr  error
+
+	metrics *metrics
 }
 
 // state is agent.json.
@@ -131,7 +137,7 @@ func New(ctx context.Context, cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log}
+	a := &Agent{cfg: cfg, log: cfg.Log, metrics: newMetrics()}
 	var st state
 	if b, err := os.ReadFile(a.file("agent.json")); err == nil {
 		if err := json.Unmarshal(b, &st); err != nil {
@@ -365,8 +371,10 @@ func (a *Agent) report(ctx context.Context) (time.Duration, error) {
 	var hb api.HeartbeatResponse
 	if _, err := a.client.Do(rctx, http.MethodPost, api.Prefix+"/agent/heartbeat",
 		api.Heartbeat{Version: a.cfg.Version, Hostname: host, Driver: a.cfg.Driver.Name()}, &hb); err != nil {
+		a.metrics.heartbeat(false, time.Now())
 		return 0, refused(fmt.Errorf("heartbeat: %w", err))
 	}
+	a.metrics.heartbeat(true, time.Now())
 	interval, err := time.ParseDuration(hb.Interval)
 	if err != nil || interval <= 0 {
 		interval = 30 * time.Second
@@ -377,6 +385,7 @@ func (a *Agent) report(ctx context.Context) (time.Duration, error) {
 	a.node, a.volumes, a.invErr = hb.Node, vols, err
 	if err == nil {
 		a.vms = vms
+		a.metrics.vms.Store(int64(len(vms)))
 	}
 	a.mu.Unlock()
 	if err != nil {
@@ -433,6 +442,11 @@ func (a *Agent) VMs() []VM {
 	defer a.mu.Unlock()
 	return append([]VM(nil), a.vms...)
 }
+
+// Name is the node's name; Server is the server's URL (remembered from
+// enrollment when the configuration did not give it).
+func (a *Agent) Name() string   { return a.cfg.Name }
+func (a *Agent) Server() string { return a.base }
 
 // Node is the node as the server last described it.
 func (a *Agent) Node() catalog.Node {

@@ -92,6 +92,10 @@ func (h *Hypervisor) conn(ctx context.Context) (hypervisor.Driver, error) {
 	return hv, nil
 }
 
+// Conn is the hypervisor connection (shared; the caller does not close
+// it), for recovery methods that define and start VMs on this host.
+func (h *Hypervisor) Conn(ctx context.Context) (hypervisor.Driver, error) { return h.conn(ctx) }
+
 // Close closes the connection.
 func (h *Hypervisor) Close() error {
 	h.mu.Lock()

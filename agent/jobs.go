@@ -85,6 +85,7 @@ func (r *jobRun) logf(level, format string, args ...any) {
 // job to stop.
 func (r *jobRun) progress(done, total int64) {
 	r.mu.Lock()
+	r.a.metrics.progressed(r.job.Kind, done-r.done)
 	r.done, r.total = done, total
 	if time.Since(r.last) < time.Second && done < total {
 		r.mu.Unlock()
@@ -168,6 +169,9 @@ func (a *Agent) runJob(ctx context.Context, j catalog.Job) {
 	jctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	r := &jobRun{a: a, job: j, cancel: cancel}
+	start, outcome := time.Now(), "deferred"
+	a.metrics.jobStarted(j.Kind)
+	defer func() { a.metrics.jobFinished(j.Kind, outcome, time.Since(start)) }()
 	a.log.Info("job started", "job", j.ID, "kind", j.Kind, "vm", j.VMName)
 	go r.heartbeat(jctx)
 	var result any
@@ -176,7 +180,13 @@ func (a *Agent) runJob(ctx context.Context, j catalog.Job) {
 	case catalog.KindBackup:
 		result, err = a.backup(jctx, r)
 	case catalog.KindRecovery:
-		result, err = a.restore(jctx, r)
+		if rp, ok := recoveryParams(j.Params); ok {
+			result, err = a.recover(jctx, r, rp)
+		} else {
+			result, err = a.restore(jctx, r)
+		}
+	case catalog.KindVerifyBoot:
+		result, err = a.verifyBoot(jctx, r)
 	default:
 		err = fmt.Errorf("this agent does not run %s jobs", j.Kind)
 	}
@@ -187,13 +197,16 @@ func (a *Agent) runJob(ctx context.Context, j catalog.Job) {
 		r.deferJob(d.reason, d.seconds)
 		a.log.Info("job deferred", "job", j.ID, "reason", d.reason)
 	case err != nil && (r.canceled || ctx.Err() != nil):
+		outcome = catalog.JobCanceled
 		r.finish(catalog.JobCanceled, nil, "canceled: "+err.Error())
 		a.log.Info("job canceled", "job", j.ID)
 	case err != nil:
 		r.logf("error", "%v", err)
+		outcome = catalog.JobFailed
 		r.finish(catalog.JobFailed, nil, err.Error())
 		a.log.Error("job failed", "job", j.ID, "err", err)
 	default:
+		outcome = catalog.JobSucceeded
 		r.finish(catalog.JobSucceeded, result, "")
 		a.log.Info("job succeeded", "job", j.ID, "kind", j.Kind, "vm", j.VMName)
 	}
@@ -255,6 +268,7 @@ func (a *Agent) backup(ctx context.Context, run *jobRun) (any, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer a.metrics.sending(rb)()
 	start := time.Now()
 	opts := backup.Options{Name: j.VMName, Host: a.cfg.Name, FullRead: p.FullRead, Progress: run.progress}
 	var pt *repo.Point
@@ -277,6 +291,7 @@ func (a *Agent) backup(ctx context.Context, run *jobRun) (any, error) {
 	for _, f := range pt.Files {
 		st.Add(f.Stats)
 	}
+	a.metrics.pointStats(st)
 	calls, queries, objs, sent := rb.Counters()
 	run.logf("info", "point %s (%s): read %d bytes, reused %d, %d of %d chunks new (%d bytes); %d chunk look-ups in %d queries, %d objects (%d bytes) sent in batches",
 		pt.ID, pt.Consistency, st.BytesRead, st.BytesReused, st.NewChunks, st.Chunks, st.NewBytes, calls, queries, objs, sent)

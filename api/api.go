@@ -239,20 +239,23 @@ type Group struct {
 	FullTimes []string `json:"full_times,omitempty"`
 	TimeZone  string   `json:"time_zone,omitempty"`
 	// Incremental is a Go duration from 15m to 24h, or "" for none.
-	Incremental     string    `json:"incremental,omitempty"`
-	RetentionDays   int       `json:"retention_days,omitempty"`
-	RetentionCount  int       `json:"retention_count,omitempty"`
-	OfflineFallback *bool     `json:"offline_fallback,omitempty"`
-	Members         []string  `json:"members"`
-	Created         time.Time `json:"created,omitzero"`
-	Updated         time.Time `json:"updated,omitzero"`
+	Incremental     string `json:"incremental,omitempty"`
+	RetentionDays   int    `json:"retention_days,omitempty"`
+	RetentionCount  int    `json:"retention_count,omitempty"`
+	OfflineFallback *bool  `json:"offline_fallback,omitempty"`
+	// VerifyBoot: each new point of a member is verify-booted on the
+	// node that took it.
+	VerifyBoot bool      `json:"verify_boot,omitempty"`
+	Members    []string  `json:"members"`
+	Created    time.Time `json:"created,omitzero"`
+	Updated    time.Time `json:"updated,omitzero"`
 }
 
 // GroupFromCatalog converts for output.
 func GroupFromCatalog(g catalog.Group) Group {
 	off := g.OfflineFallback
 	out := Group{ID: g.ID, Name: g.Name, FullTimes: g.FullTimes, TimeZone: g.TimeZone,
-		RetentionDays: g.RetentionDays, RetentionCount: g.RetentionCount, OfflineFallback: &off,
+		RetentionDays: g.RetentionDays, RetentionCount: g.RetentionCount, OfflineFallback: &off, VerifyBoot: g.VerifyBoot,
 		Members: g.Members, Created: g.Created, Updated: g.Updated}
 	if g.Incremental > 0 {
 		out.Incremental = g.Incremental.String()
@@ -344,4 +347,131 @@ func CheckAbsPath(what, p string) error {
 		}
 	}
 	return nil
+}
+
+// RecoveryRequest is POST /api/v1/recoveries/preflight and POST
+// /api/v1/recoveries: one recovery method run by an agent. The agent
+// checks everything (the preflight) before it writes a byte, and again
+// when the job runs.
+type RecoveryRequest struct {
+	// Method is original (overwrite the VM in place), vm (as a VM on a
+	// host) or folder (copy to a folder).
+	Method string `json:"method"`
+	Point  string `json:"point"`
+	// Node is the agent (node name or ID) that runs the recovery: the
+	// target host for vm and folder. For original it may be empty: the
+	// server picks the node that runs the VM now, or the point's host.
+	Node string `json:"node,omitempty"`
+	// Dir is the target folder on Node (vm: the VM's final location;
+	// folder: the copy).
+	Dir               string `json:"dir,omitempty"`
+	Name              string `json:"name,omitempty"`
+	NewIdentity       bool   `json:"new_identity,omitempty"`
+	HA                bool   `json:"ha,omitempty"`
+	HAResource        string `json:"ha_resource,omitempty"`
+	DiscardSavedState bool   `json:"discard_saved_state,omitempty"`
+	// Chain is "" (the method's default), "keep" or "merge".
+	Chain string `json:"chain,omitempty"`
+}
+
+// RecoveryCheck is one preflight check.
+type RecoveryCheck struct {
+	Name   string `json:"name"`
+	OK     bool   `json:"ok"`
+	Detail string `json:"detail,omitempty"`
+}
+
+// RecoveryDisk is one disk a recovery writes.
+type RecoveryDisk struct {
+	File   string `json:"file"`
+	Path   string `json:"path"`
+	Format string `json:"format"`
+	Merged bool   `json:"merged,omitempty"`
+	Bytes  int64  `json:"bytes"`
+}
+
+// RecoveryPlan is the preflight's verdict (200 from
+// /recoveries/preflight, whether OK or refused). A refusal has OK false,
+// a Code such as LB-32579, the Message and the operator's Advice.
+type RecoveryPlan struct {
+	OK      bool            `json:"ok"`
+	Code    string          `json:"code,omitempty"`
+	Message string          `json:"message,omitempty"`
+	Advice  string          `json:"advice,omitempty"`
+	Method  string          `json:"method"`
+	Point   string          `json:"point"`
+	Node    string          `json:"node"`
+	VM      string          `json:"vm,omitempty"`
+	Dir     string          `json:"dir,omitempty"`
+	Checks  []RecoveryCheck `json:"checks"`
+	Notes   []string        `json:"notes,omitempty"`
+	Disks   []RecoveryDisk  `json:"disks,omitempty"`
+}
+
+// RecoveryParams are a recovery job's params when it runs a method;
+// PreflightOnly jobs check and report a RecoveryPlan without writing.
+type RecoveryParams struct {
+	Recovery      RecoveryRequest `json:"recovery"`
+	PreflightOnly bool            `json:"preflight_only,omitempty"`
+	// SharedVolumes are the roots of the node's cluster's shared volumes,
+	// refused as targets.
+	SharedVolumes []string `json:"shared_volumes,omitempty"`
+}
+
+// RecoveryResult is what an agent reports when a recovery job succeeds:
+// the plan it checked and, unless PreflightOnly, what it did.
+type RecoveryResult struct {
+	Plan    RecoveryPlan      `json:"plan"`
+	VM      string            `json:"vm,omitempty"`
+	Files   map[string]string `json:"files,omitempty"`
+	Bytes   int64             `json:"bytes,omitempty"`
+	Running bool              `json:"running,omitempty"`
+	HA      bool              `json:"ha,omitempty"`
+	Seconds float64           `json:"seconds,omitempty"`
+}
+
+// ItemVolume is a volume of a point's disk (GET
+// /api/v1/points/{id}/items without path).
+type ItemVolume struct {
+	Disk   string `json:"disk"`
+	Index  int    `json:"index"`
+	FS     string `json:"fs,omitempty"`
+	Label  string `json:"label,omitempty"`
+	Offset int64  `json:"offset"`
+	Size   int64  `json:"size"`
+}
+
+// ItemEntry is a file or folder inside a point's filesystem.
+type ItemEntry struct {
+	Name    string    `json:"name"`
+	Path    string    `json:"path"`
+	IsDir   bool      `json:"is_dir,omitempty"`
+	Size    int64     `json:"size"`
+	ModTime time.Time `json:"mtime"`
+	// Link is a symbolic link's target; Invalid why a name cannot be
+	// extracted.
+	Link    string `json:"link,omitempty"`
+	Invalid string `json:"invalid,omitempty"`
+}
+
+// ItemList is GET /api/v1/points/{id}/items?disk=D&volume=N&path=P:
+// the volumes of the point's disks (Path empty and no volume given) or the
+// entries of one folder.
+type ItemList struct {
+	Point   string       `json:"point"`
+	Disk    string       `json:"disk,omitempty"`
+	Volume  int          `json:"volume"`
+	Path    string       `json:"path"`
+	Volumes []ItemVolume `json:"volumes,omitempty"`
+	Entries []ItemEntry  `json:"entries,omitempty"`
+}
+
+// Refuse marks the plan refused.
+func (p *RecoveryPlan) Refuse(code, message, advice string) {
+	p.OK, p.Code, p.Message, p.Advice = false, code, message, advice
+}
+
+// Check records one check's outcome.
+func (p *RecoveryPlan) Check(name string, ok bool, detail string) {
+	p.Checks = append(p.Checks, RecoveryCheck{Name: name, OK: ok, Detail: detail})
 }

@@ -19,6 +19,9 @@ const (
 	KindPrune    = "prune"
 	KindGC       = "gc"
 	KindTape     = "tape"
+	// KindVerifyBoot boots a point as a throwaway VM on a node's
+	// hypervisor and records the verdict (recovery.VerifyBoot).
+	KindVerifyBoot = "verify-boot"
 )
 
 // Job states. queued → running → succeeded | failed | canceled; a queued
@@ -31,7 +34,7 @@ const (
 	JobCanceled  = "canceled"
 )
 
-var jobKinds = map[string]bool{KindBackup: true, KindRecovery: true, KindVerify: true, KindPrune: true, KindGC: true, KindTape: true}
+var jobKinds = map[string]bool{KindBackup: true, KindRecovery: true, KindVerify: true, KindPrune: true, KindGC: true, KindTape: true, KindVerifyBoot: true}
 
 // Job is one unit of work.
 type Job struct {

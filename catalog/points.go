@@ -30,10 +30,14 @@ type Point struct {
 	Stored int64 `json:"stored"`
 	// Group is the protection group whose schedule made the point ("" for
 	// a manual or adopted one).
-	Group    string      `json:"group,omitempty"`
-	Files    []repo.File `json:"files,omitempty"`
-	Notes    []string    `json:"notes,omitempty"`
-	Recorded time.Time   `json:"recorded"`
+	Group string `json:"group,omitempty"`
+	// BootVerdict is the newest verify-boot verdict of the point
+	// (booted-agent-ok, booted-no-agent, did-not-boot, check-failed; ""
+	// when never verified); GetBootVerdict has the rest.
+	BootVerdict string      `json:"boot_verdict,omitempty"`
+	Files       []repo.File `json:"files,omitempty"`
+	Notes       []string    `json:"notes,omitempty"`
+	Recorded    time.Time   `json:"recorded"`
 }
 
 // PointFromRepo summarizes a manifest.
@@ -50,12 +54,15 @@ func PointFromRepo(p *repo.Point, group string) Point {
 	return out
 }
 
-const pointCols = `id, name, kind, taken_at, host, consistency, previous, size, stored, group_name, recorded_at`
+// pointCols read from points (unaliased); the verdict comes by a
+// subquery, so filters on the point's own columns stay unambiguous.
+const pointCols = `id, name, kind, taken_at, host, consistency, previous, size, stored, group_name, recorded_at,
+	COALESCE((SELECT v.verdict FROM boot_verdicts v WHERE v.point_id = points.id), '')`
 
 func scanPoint(s interface{ Scan(...any) error }, withFiles bool) (Point, error) {
 	var p Point
 	var taken, recorded sql.NullInt64
-	args := []any{&p.ID, &p.Name, &p.Kind, &taken, &p.Host, &p.Consistency, &p.Previous, &p.Size, &p.Stored, &p.Group, &recorded}
+	args := []any{&p.ID, &p.Name, &p.Kind, &taken, &p.Host, &p.Consistency, &p.Previous, &p.Size, &p.Stored, &p.Group, &recorded, &p.BootVerdict}
 	var files, notes string
 	if withFiles {
 		args = append(args, &files, &notes)

@@ -250,10 +250,13 @@ type Group struct {
 	RetentionCount int           `json:"retention_count"`
 	// OfflineFallback allows an offline (saved-state) backup when an
 	// online one is impossible; online is always preferred.
-	OfflineFallback bool      `json:"offline_fallback"`
-	Members         []string  `json:"members"`
-	Created         time.Time `json:"created"`
-	Updated         time.Time `json:"updated"`
+	OfflineFallback bool `json:"offline_fallback"`
+	// VerifyBoot queues a verify-boot of each new point of a member on
+	// the node that took it, once the point is recorded.
+	VerifyBoot bool      `json:"verify_boot"`
+	Members    []string  `json:"members"`
+	Created    time.Time `json:"created"`
+	Updated    time.Time `json:"updated"`
 }
 
 // Validate checks a group's schedule and retention.
@@ -285,20 +288,21 @@ func (g *Group) Validate() error {
 	return nil
 }
 
-const groupCols = `id, name, full_times, time_zone, incremental_seconds, retention_days, retention_count, offline_fallback, created_at, updated_at`
+const groupCols = `id, name, full_times, time_zone, incremental_seconds, retention_days, retention_count, offline_fallback, verify_boot, created_at, updated_at`
 
 func scanGroup(s interface{ Scan(...any) error }) (Group, error) {
 	var g Group
 	var times string
 	var inc int64
-	var offline int
+	var offline, verify int
 	var created, updated sql.NullInt64
-	err := s.Scan(&g.ID, &g.Name, &times, &g.TimeZone, &inc, &g.RetentionDays, &g.RetentionCount, &offline, &created, &updated)
+	err := s.Scan(&g.ID, &g.Name, &times, &g.TimeZone, &inc, &g.RetentionDays, &g.RetentionCount, &offline, &verify, &created, &updated)
 	if times != "" {
 		g.FullTimes = strings.Split(times, ",")
 	}
 	g.Incremental = time.Duration(inc) * time.Second
 	g.OfflineFallback = offline != 0
+	g.VerifyBoot = verify != 0
 	g.Created, g.Updated = nt(created), nt(updated)
 	return g, err
 }
@@ -316,10 +320,10 @@ func (c *Catalog) CreateGroup(ctx context.Context, g Group) (Group, error) {
 	g.Created, g.Updated = now, now
 	err := c.tx(ctx, func(tx *Tx) error {
 		if err := tx.QueryRow(ctx, `INSERT INTO protection_groups (name, full_times, time_zone, incremental_seconds,
-			retention_days, retention_count, offline_fallback, created_at, updated_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
+			retention_days, retention_count, offline_fallback, verify_boot, created_at, updated_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id`,
 			g.Name, strings.Join(g.FullTimes, ","), g.TimeZone, int64(g.Incremental/time.Second),
-			g.RetentionDays, g.RetentionCount, b2i(g.OfflineFallback), tn(now), tn(now)).Scan(&g.ID); err != nil {
+			g.RetentionDays, g.RetentionCount, b2i(g.OfflineFallback), b2i(g.VerifyBoot), tn(now), tn(now)).Scan(&g.ID); err != nil {
 			return err
 		}
 		return addMembers(ctx, tx, g.ID, g.Members)
@@ -346,9 +350,9 @@ func (c *Catalog) UpdateGroup(ctx context.Context, g Group) error {
 		return fmt.Errorf("catalog: update group: %w", err)
 	}
 	res, err := c.exec(ctx, `UPDATE protection_groups SET name = ?, full_times = ?, time_zone = ?, incremental_seconds = ?,
-		retention_days = ?, retention_count = ?, offline_fallback = ?, updated_at = ? WHERE id = ?`,
+		retention_days = ?, retention_count = ?, offline_fallback = ?, verify_boot = ?, updated_at = ? WHERE id = ?`,
 		g.Name, strings.Join(g.FullTimes, ","), g.TimeZone, int64(g.Incremental/time.Second),
-		g.RetentionDays, g.RetentionCount, b2i(g.OfflineFallback), c.now().UnixNano(), g.ID)
+		g.RetentionDays, g.RetentionCount, b2i(g.OfflineFallback), b2i(g.VerifyBoot), c.now().UnixNano(), g.ID)
 	if err != nil {
 		return wrap(err, "update group %d", g.ID)
 	}

@@ -562,3 +562,24 @@ func cString(b []byte) string {
 	}
 	return strings.TrimRight(string(bytes.ToValidUTF8(b, []byte("\uFFFD"))), " ")
 }
+
+// PickVolume returns the volume of that index, or with index < 0 the only
+// volume that holds a known filesystem.
+func PickVolume(vols []Volume, index int) (Volume, error) {
+	var withFS []Volume
+	for _, v := range vols {
+		if index >= 0 && v.Index == index {
+			return v, nil
+		}
+		if v.FS != "" && v.FS != "unknown" {
+			withFS = append(withFS, v)
+		}
+	}
+	if index >= 0 {
+		return Volume{}, fmt.Errorf("no volume %d", index)
+	}
+	if len(withFS) != 1 {
+		return Volume{}, fmt.Errorf("%d volumes hold a filesystem: choose one by its index", len(withFS))
+	}
+	return withFS[0], nil
+}

@@ -238,6 +238,11 @@ func (rc *Recovery) planVM(ctx context.Context, p *Plan) error {
 		}
 	}
 	doc.forgetRuntime()
+	if !same || req.NewIdentity {
+		for _, n := range doc.relocateChardevFiles(p.Dir) {
+			p.note("%s", n)
+		}
+	}
 	if req.NewIdentity {
 		doc.newIdentity(name, uuid, macs)
 	} else {
@@ -261,6 +266,10 @@ func (rc *Recovery) executeVM(ctx context.Context, p *Plan) (*Result, error) {
 	if err != nil {
 		cleanup()
 		return nil, err
+	}
+	if err := finishDir(p); err != nil {
+		cleanup()
+		return nil, fmt.Errorf("recovery: set mode and owner of %s: %w", p.Dir, err)
 	}
 	cfgPath := filepath.Join(p.Dir, "config.xml")
 	if err := writeFileAtomic(cfgPath, p.config, 0o640); err != nil {

@@ -642,6 +642,46 @@ func TestLabHA(t *testing.T) {
 	if !p1.HA || p1.haConfig != filepath.Join(dir, "config.xml") {
 		t.Errorf("method 1 plan: HA %v, cluster definition %q", p1.HA, p1.haConfig)
 	}
+	// Method 1 on the HA VM: the guest's writes are undone, Pacemaker
+	// leaves the VM alone while it is rewritten (the resource is unmanaged,
+	// then managed again), and the VM stays a running cluster resource.
+	for _, n := range p1.Notes {
+		if strings.Contains(n, "cannot be told") {
+			t.Errorf("Pacemaker cannot unmanage the resource: %s", n)
+		}
+	}
+	guestWrite(t, d0, name, "virtio-disk0", 0x6c, 4<<20, 1<<20)
+	rc.GracefulTimeout = 2 * time.Second
+	t1 := time.Now()
+	res1, err := rc.Execute(ctx, p1)
+	if err != nil {
+		t.Fatalf("method 1 on an HA VM: %v\n%s", err, pc.LogLines(name, 20))
+	}
+	if !res1.Running || state(t, d0, name) != hypervisor.Running {
+		t.Errorf("method 1 result %+v, VM %s", res1, state(t, d0, name))
+	}
+	for _, dk := range p1.Disks {
+		want := l.Images.NTFS
+		if dk.Target == "vdb" {
+			want = l.Images.EXT4
+		}
+		if contentHash(t, dk.Path) != contentHash(t, want) {
+			t.Errorf("disk %s (%s) after method 1 differs from the point", dk.Target, dk.Path)
+		}
+	}
+	if err := ha.WaitStarted(ctx, name, 30*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	rs, err := ha.Resources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range rs {
+		if r.ID == name && (!r.Managed || r.State != cluster.StateStarted || len(r.Failures) != 0) {
+			t.Errorf("after method 1 the resource is %+v", r)
+		}
+	}
+	t.Logf("method 1 on an HA VM: %.1fs", time.Since(t1).Seconds())
 	// The cluster loses the resource: LB-32579 although the VM exists.
 	c, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()

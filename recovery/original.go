@@ -45,6 +45,9 @@ func (rc *Recovery) planOriginal(ctx context.Context, p *Plan) error {
 	if err != nil {
 		return HostUnreachable(firstOf(p.URI, drv.Name()), err)
 	}
+	// The host as operators and points know it: an agent's node name
+	// when one runs the recovery, else the hypervisor's host name.
+	host = firstOf(req.TargetHost, host)
 	p.Host = host
 	cur, err := drv.Config(ctx, p.VM)
 	if errors.Is(err, hypervisor.ErrNotFound) {

@@ -19,6 +19,7 @@
 package recovery
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/json"
@@ -690,13 +691,19 @@ func finishFile(req Request, path string) error {
 // writeFileAtomic writes a small file beside its final name, fsyncs and
 // renames it.
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	return writeAtomic(path, bytes.NewReader(data), mode)
+}
+
+// writeAtomic writes a new file whole: a temporary name beside it, fsync,
+// rename, then the folder's fsync, so the name never shows a half file.
+func writeAtomic(path string, r io.Reader, mode os.FileMode) error {
 	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".lifeboat-"+randHex(6))
 	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_EXCL|os.O_WRONLY, mode)
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp)
-	if _, err := f.Write(data); err != nil {
+	if _, err := io.Copy(f, r); err != nil {
 		f.Close()
 		return err
 	}

@@ -156,3 +156,21 @@ func ValidPointID(s string) bool {
 	_, err := time.Parse("20060102T150405Z", s[:16])
 	return err == nil
 }
+
+// TopDisks lists the point's disks that are no other disk's parent: the
+// disks a VM sees (a differencing chain counts once, by its newest file).
+func (p *Point) TopDisks() []string {
+	parents := map[string]bool{}
+	for _, f := range p.Files {
+		if f.Parent != "" {
+			parents[f.Parent] = true
+		}
+	}
+	var tops []string
+	for _, f := range p.Files {
+		if f.Disk != nil && !parents[f.Path] {
+			tops = append(tops, f.Path)
+		}
+	}
+	return tops
+}

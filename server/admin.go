@@ -100,7 +100,7 @@ func (s *Server) handleListAgents(w http.ResponseWriter, r *http.Request) {
 		s.catalogError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, nonNil(ns))
+	writeJSON(w, http.StatusOK, s.agentViews(ns))
 }
 
 func (s *Server) handleGetAgent(w http.ResponseWriter, r *http.Request) {
@@ -383,7 +383,7 @@ func (s *Server) handleCreateGroup(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g := catalog.Group{Name: req.Name, FullTimes: req.FullTimes, TimeZone: req.TimeZone,
-		RetentionDays: req.RetentionDays, RetentionCount: req.RetentionCount, OfflineFallback: true}
+		RetentionDays: req.RetentionDays, RetentionCount: req.RetentionCount, OfflineFallback: true, VerifyBoot: req.VerifyBoot}
 	if req.OfflineFallback != nil {
 		g.OfflineFallback = *req.OfflineFallback
 	}
@@ -500,7 +500,7 @@ func (s *Server) handleListJobs(w http.ResponseWriter, r *http.Request) {
 	}
 	for _, k := range q["kind"] {
 		switch k {
-		case catalog.KindBackup, catalog.KindRecovery, catalog.KindVerify, catalog.KindPrune, catalog.KindGC, catalog.KindTape:
+		case catalog.KindBackup, catalog.KindRecovery, catalog.KindVerify, catalog.KindPrune, catalog.KindGC, catalog.KindTape, catalog.KindVerifyBoot:
 			f.Kinds = append(f.Kinds, k)
 		default:
 			fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("kind %q unknown", k))
@@ -764,7 +764,17 @@ func (s *Server) handleGetPoint(w http.ResponseWriter, r *http.Request) {
 		s.catalogError(w, r, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, p)
+	// The repository may hold a newer verdict than the catalog (a CLI
+	// verify-boot): syncVerdict records it.
+	v, err := s.syncVerdict(r.Context(), id)
+	if err != nil {
+		s.catalogError(w, r, err)
+		return
+	}
+	if v != nil {
+		p.BootVerdict = v.Verdict
+	}
+	writeJSON(w, http.StatusOK, api.PointDetail{Point: p, VerifyBoot: v})
 }
 
 func (s *Server) handleListAlerts(w http.ResponseWriter, r *http.Request) {

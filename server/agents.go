@@ -329,6 +329,15 @@ func (s *Server) handleFinish(w http.ResponseWriter, r *http.Request) {
 			f.State, f.Error = catalog.JobFailed, err.Error()
 		}
 	}
+	if f.State == catalog.JobSucceeded && j.Kind == catalog.KindVerifyBoot {
+		// A point that does not boot fails its job (and so alerts); the
+		// result keeps the verdict either way.
+		if v, err := s.recordVerdict(r.Context(), j, f.Result); err != nil {
+			f.State, f.Error = catalog.JobFailed, err.Error()
+		} else if !v.OK() {
+			f.State, f.Error = catalog.JobFailed, fmt.Sprintf("point %s of %s on %s: %s: %s", v.Point, v.VM, v.Host, v.Verdict, v.Reason)
+		}
+	}
 	if err := s.cat.FinishJob(r.Context(), j.ID, f.State, f.Result, f.Error); err != nil {
 		s.catalogError(w, r, err)
 		return
@@ -366,6 +375,9 @@ func (s *Server) recordBackup(ctx context.Context, j catalog.Job, result json.Ra
 	if group != "" && (g.RetentionCount > 0 || g.RetentionDays > 0) {
 		s.queuePrune(ctx, g)
 	}
+	if group != "" {
+		s.verifyGroupPoint(ctx, g, j, p)
+	}
 	return nil
 }
 
@@ -383,7 +395,7 @@ func (s *Server) jobFinished(ctx context.Context, j catalog.Job, state, errText 
 			subject = "vm:" + j.VMName
 		}
 		sev := catalog.SeverityWarning
-		if j.Kind == catalog.KindRecovery || j.Kind == catalog.KindVerify {
+		if j.Kind == catalog.KindRecovery || j.Kind == catalog.KindVerify || j.Kind == catalog.KindVerifyBoot {
 			sev = catalog.SeverityCritical
 		}
 		if _, err := s.cat.RaiseAlert(ctx, catalog.Alert{Kind: j.Kind + "-failed", Severity: sev, Subject: subject,

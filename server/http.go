@@ -65,10 +65,16 @@ func (s *Server) Handler() http.Handler {
 	admin("POST "+p+"/jobs/{id}/cancel", s.handleCancelJob)
 	admin("POST "+p+"/backups", s.handleBackupNow)
 	admin("POST "+p+"/restores", s.handleRestore)
+	admin("POST "+p+"/recoveries/preflight", s.handlePreflight)
+	admin("POST "+p+"/recoveries", s.handleRecover)
+	admin("GET "+p+"/points/{id}/items", s.handleItems)
+	admin("GET "+p+"/points/{id}/items/download", s.handleItemsDownload)
 	admin("GET "+p+"/points", s.handleListPoints)
 	admin("GET "+p+"/points/{id}", s.handleGetPoint)
+	admin("POST "+p+"/points/{id}/verify-boot", s.handleVerifyBoot)
 	admin("GET "+p+"/alerts", s.handleListAlerts)
 	admin("POST "+p+"/alerts/{id}/ack", s.handleAckAlert)
+	admin("GET "+p+"/tapes", s.handleListTapes)
 	admin("GET /metrics", s.handleMetrics)
 
 	agent("POST "+p+"/agent/heartbeat", s.handleHeartbeat)
@@ -90,9 +96,9 @@ func (s *Server) Handler() http.Handler {
 	})
 	mux.Handle(repoPrefix+"/", s.requireAgent(rh.ServeHTTP))
 
-	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+	mux.Handle("/", s.consoleHandler(mux, func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, "not_found", fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
-	})
+	}))
 	return s.recoverer(s.logRequests(mux))
 }
 

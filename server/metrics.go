@@ -2,20 +2,24 @@ package server
 
 import (
 	"context"
-	"fmt"
+	"maps"
 	"net/http"
-	"sort"
+	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"lifeboat/internal/promtext"
 	"lifeboat/repo"
 	"lifeboat/repo/storage"
 )
 
 // metrics are counted in memory and written in Prometheus' text
-// exposition format (version 0.0.4) by hand.
+// exposition format (version 0.0.4) by internal/promtext, which the
+// agent's metrics share.
 type metrics struct {
 	heartbeats     atomic.Int64
 	bytesRead      atomic.Int64
@@ -91,75 +95,50 @@ func (m *metrics) refreshRepoSize(ctx context.Context, s *Server) {
 
 func (s *Server) handleMetrics(w http.ResponseWriter, r *http.Request) {
 	m := s.metrics
-	var b strings.Builder
-	metric := func(name, typ, help string) {
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, typ)
-	}
-	one := func(name, typ, help string, v any) {
-		metric(name, typ, help)
-		fmt.Fprintf(&b, "%s %v\n", name, v)
-	}
+	var p promtext.Writer
 	st, err := s.cat.Stats(r.Context())
 	if err != nil {
 		s.internal(w, r, err)
 		return
 	}
-	metric("lifeboat_jobs", "gauge", "Jobs in the catalog by state.")
-	states := make([]string, 0, len(st.Jobs))
-	for k := range st.Jobs {
-		states = append(states, k)
-	}
-	sort.Strings(states)
-	for _, k := range states {
-		fmt.Fprintf(&b, "lifeboat_jobs{state=%q} %d\n", k, st.Jobs[k])
+	p.Family("lifeboat_jobs", "gauge", "Jobs in the catalog by state.")
+	for _, k := range slices.Sorted(maps.Keys(st.Jobs)) {
+		p.Sample("lifeboat_jobs", st.Jobs[k], "state", k)
 	}
 	m.mu.Lock()
-	metric("lifeboat_jobs_finished_total", "counter", "Jobs finished since the server started, by kind and state.")
-	keys := make([][2]string, 0, len(m.finished))
-	for k := range m.finished {
-		keys = append(keys, k)
-	}
-	sort.Slice(keys, func(i, j int) bool { return keys[i][0]+keys[i][1] < keys[j][0]+keys[j][1] })
+	p.Family("lifeboat_jobs_finished_total", "counter", "Jobs finished since the server started, by kind and state.")
+	keys := slices.SortedFunc(maps.Keys(m.finished), func(a, b [2]string) int { return strings.Compare(a[0]+a[1], b[0]+b[1]) })
 	for _, k := range keys {
-		fmt.Fprintf(&b, "lifeboat_jobs_finished_total{kind=%q,state=%q} %d\n", k[0], k[1], m.finished[k])
+		p.Sample("lifeboat_jobs_finished_total", m.finished[k], "kind", k[0], "state", k[1])
 	}
-	metric("lifeboat_job_duration_seconds", "summary", "Run time of finished jobs, by kind.")
-	kinds := make([]string, 0, len(m.durSum))
-	for k := range m.durSum {
-		kinds = append(kinds, k)
+	p.Family("lifeboat_job_duration_seconds", "summary", "Run time of finished jobs, by kind.")
+	for _, k := range slices.Sorted(maps.Keys(m.durSum)) {
+		p.Sample("lifeboat_job_duration_seconds_sum", m.durSum[k], "kind", k)
+		p.Sample("lifeboat_job_duration_seconds_count", m.durCount[k], "kind", k)
 	}
-	sort.Strings(kinds)
-	for _, k := range kinds {
-		fmt.Fprintf(&b, "lifeboat_job_duration_seconds_sum{kind=%q} %g\n", k, m.durSum[k])
-		fmt.Fprintf(&b, "lifeboat_job_duration_seconds_count{kind=%q} %d\n", k, m.durCount[k])
-	}
-	metric("lifeboat_http_responses_total", "counter", "API responses by status code.")
-	codes := make([]int, 0, len(m.responses))
-	for c := range m.responses {
-		codes = append(codes, c)
-	}
-	sort.Ints(codes)
-	for _, c := range codes {
-		fmt.Fprintf(&b, "lifeboat_http_responses_total{code=\"%d\"} %d\n", c, m.responses[c])
+	p.Family("lifeboat_http_responses_total", "counter", "API responses by status code.")
+	for _, c := range slices.Sorted(maps.Keys(m.responses)) {
+		p.Sample("lifeboat_http_responses_total", m.responses[c], "code", strconv.Itoa(c))
 	}
 	m.mu.Unlock()
-	one("lifeboat_backup_bytes_read_total", "counter", "Bytes read from sources by backups.", m.bytesRead.Load())
-	one("lifeboat_backup_bytes_reused_total", "counter", "Bytes taken unread from previous points.", m.bytesReused.Load())
-	one("lifeboat_backup_bytes_written_total", "counter", "Bytes of new chunks stored by backups (compressed, encrypted).", m.bytesStored.Load())
-	one("lifeboat_backup_chunks_total", "counter", "Chunks referenced by backups.", m.chunks.Load())
-	one("lifeboat_backup_chunks_deduplicated_total", "counter", "Chunks the repository already held.", m.chunksDedup.Load())
-	one("lifeboat_points_recorded_total", "counter", "Points recorded since the server started.", m.points.Load())
-	one("lifeboat_repo_objects_written_total", "counter", "Objects agents wrote to the repository.", m.objectsWritten.Load())
-	one("lifeboat_repo_bytes_written_total", "counter", "Bytes agents wrote to the repository.", m.bytesWritten.Load())
-	one("lifeboat_repository_size_bytes", "gauge", "Bytes in the repository (listed at most a minute ago).", m.repoBytes.Load())
-	one("lifeboat_repository_objects", "gauge", "Objects in the repository.", m.repoObjects.Load())
-	one("lifeboat_points", "gauge", "Points in the catalog.", st.Points)
-	one("lifeboat_agent_heartbeats_total", "counter", "Heartbeats received from agents.", m.heartbeats.Load())
-	one("lifeboat_agents", "gauge", "Nodes known.", st.Nodes)
-	one("lifeboat_agents_enrolled", "gauge", "Nodes enrolled (not revoked).", st.NodesEnrolled)
-	one("lifeboat_vms", "gauge", "VMs known.", st.VMs)
-	one("lifeboat_alerts_open", "gauge", "Unacknowledged alerts.", st.AlertsOpen)
-	one("lifeboat_handler_panics_total", "counter", "Requests that panicked (answered 500).", m.panics.Load())
-	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
-	w.Write([]byte(b.String()))
+	p.Single("lifeboat_backup_bytes_read_total", "counter", "Bytes read from sources by backups.", m.bytesRead.Load())
+	p.Single("lifeboat_backup_bytes_reused_total", "counter", "Bytes taken unread from previous points.", m.bytesReused.Load())
+	p.Single("lifeboat_backup_bytes_written_total", "counter", "Bytes of new chunks stored by backups (compressed, encrypted).", m.bytesStored.Load())
+	p.Single("lifeboat_backup_chunks_total", "counter", "Chunks referenced by backups.", m.chunks.Load())
+	p.Single("lifeboat_backup_chunks_deduplicated_total", "counter", "Chunks the repository already held.", m.chunksDedup.Load())
+	p.Single("lifeboat_points_recorded_total", "counter", "Points recorded since the server started.", m.points.Load())
+	p.Single("lifeboat_repo_objects_written_total", "counter", "Objects agents wrote to the repository.", m.objectsWritten.Load())
+	p.Single("lifeboat_repo_bytes_written_total", "counter", "Bytes agents wrote to the repository.", m.bytesWritten.Load())
+	p.Single("lifeboat_repository_size_bytes", "gauge", "Bytes in the repository (listed at most a minute ago).", m.repoBytes.Load())
+	p.Single("lifeboat_repository_objects", "gauge", "Objects in the repository.", m.repoObjects.Load())
+	p.Single("lifeboat_points", "gauge", "Points in the catalog.", st.Points)
+	p.Single("lifeboat_agent_heartbeats_total", "counter", "Heartbeats received from agents.", m.heartbeats.Load())
+	p.Single("lifeboat_agents", "gauge", "Nodes known.", st.Nodes)
+	p.Single("lifeboat_agents_enrolled", "gauge", "Nodes enrolled (not revoked).", st.NodesEnrolled)
+	p.Single("lifeboat_vms", "gauge", "VMs known.", st.VMs)
+	p.Single("lifeboat_alerts_open", "gauge", "Unacknowledged alerts.", st.AlertsOpen)
+	p.Single("lifeboat_handler_panics_total", "counter", "Requests that panicked (answered 500).", m.panics.Load())
+	p.Family("lifeboat_build_info", "gauge", "The server's version (always 1).")
+	p.Sample("lifeboat_build_info", 1, "version", s.cfg.Version, "goversion", runtime.Version())
+	p.Write(w)
 }

@@ -252,7 +252,8 @@ func (s *Server) adopt(ctx context.Context) error {
 		return fmt.Errorf("server: adopt repository: %w", err)
 	}
 	s.Adopted, s.Unlisted = added, removed
-	s.log.Info("adopted repository", "repo", s.repoDir, "points", len(pts), "added", added, "removed", removed)
+	verified := s.adoptVerdicts(ctx, list)
+	s.log.Info("adopted repository", "repo", s.repoDir, "points", len(pts), "added", added, "removed", removed, "verified", verified)
 	return nil
 }
 
@@ -337,7 +338,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	var wg sync.WaitGroup
 	bg, stop := context.WithCancel(ctx)
 	defer stop()
-	wg.Add(3)
+	wg.Add(4)
 	go func() {
 		defer wg.Done()
 		if !s.cfg.ManualSchedule {
@@ -346,6 +347,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}()
 	go func() { defer wg.Done(); s.runServerJobs(bg) }()
 	go func() { defer wg.Done(); s.housekeeping(bg) }()
+	go func() { defer wg.Done(); s.watchNodes(bg) }()
 	errc := make(chan error, 1)
 	go func() { errc <- hs.Serve(tln) }()
 	var err error

@@ -34,6 +34,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -52,6 +53,11 @@ type Options struct {
 	// Run replaces running the tools on this machine (tests, or a node
 	// reached another way). Nil runs them here.
 	Run RunFunc
+	// Command, when set, runs every tool through it: the tool's path and
+	// arguments are appended to it (as `nsenter --target PID --mount
+	// --net --uts --`, which reaches a cluster node living in namespaces,
+	// as in the lab's two-node cluster, or `ssh NODE`). Ignored with Run.
+	Command []string
 	// RemoteFiles says the tools run on another machine than this
 	// process: AddVirtualDomain then does not read ConfigPath here.
 	RemoteFiles bool
@@ -128,6 +134,11 @@ func (m *Manager) toolPath(tool string) string {
 
 func (m *Manager) runLocal(ctx context.Context, tool string, args ...string) ([]byte, []byte, error) {
 	cmd := exec.CommandContext(ctx, m.toolPath(tool), args...)
+	if len(m.opts.Command) > 0 {
+		// A fresh slice: the prefix is shared by concurrent runs.
+		argv := append(append([]string{}, m.opts.Command[1:]...), m.toolPath(tool))
+		cmd = exec.CommandContext(ctx, m.opts.Command[0], append(argv, args...)...)
+	}
 	// The C locale keeps the tools' messages stable.
 	cmd.Env = append(os.Environ(), "LC_ALL=C")
 	var stdout, stderr bytes.Buffer
@@ -531,6 +542,29 @@ func (m *Manager) setTargetRole(ctx context.Context, id, role string) error {
 	_, err := m.run(ctx, "crm_resource", "--resource", id, "--meta",
 		"--set-parameter", "target-role", "--parameter-value", role)
 	return err
+}
+
+// SetManaged tells Pacemaker to stop managing the resource (false: no
+// monitor-driven restarts, no moves; the VM is left as it is) or to manage
+// it again (true). Method 1 of recovery stops and rewrites a VM under an
+// unmanaged resource so that the cluster does not restart it half-written.
+// Before managing it again, the resource's history is cleaned up: the
+// monitor saw the VM stopped meanwhile, and a recorded failure would make
+// Pacemaker "recover" the freshly restored VM by restarting it.
+func (m *Manager) SetManaged(ctx context.Context, id string, managed bool) error {
+	if err := ValidateID(id); err != nil {
+		return fmt.Errorf("pacemaker: set managed: %w", err)
+	}
+	if managed {
+		if _, err := m.run(ctx, "crm_resource", "--cleanup", "--resource", id); err != nil && exitCode(err) != exitNoSuchObject {
+			return fmt.Errorf("pacemaker: clean up %s before managing it again: %w", id, err)
+		}
+	}
+	if _, err := m.run(ctx, "crm_resource", "--resource", id, "--meta",
+		"--set-parameter", "is-managed", "--parameter-value", strconv.FormatBool(managed)); err != nil {
+		return fmt.Errorf("pacemaker: set %s is-managed=%t: %w", id, managed, err)
+	}
+	return nil
 }
 
 // RemoveResource stops the resource and waits for the stop, then deletes

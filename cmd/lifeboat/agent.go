@@ -40,10 +40,14 @@ func cmdAgent(ctx context.Context, e *env, args []string) error {
 	fs.Var(&volumes, "shared-volume", "PATH=ID: a shared volume this host sees (repeatable; the server also sends its cluster's)")
 	pwFile := fs.String("password-file", "", "repository password file (or $LIFEBOAT_PASSWORD), for an encrypted repository")
 	restoreRoot := fs.String("restore-root", "", "refuse restores outside this folder")
+	haMgr := fs.String("ha-manager", "", "the cluster's HA manager for recoveries that keep or add HA roles: pacemaker (or $LIFEBOAT_HA_MANAGER); none by default")
 	interval := fs.Duration("interval", 0, "heartbeat and inventory interval (default: the server's)")
 	jobs := fs.Int("jobs", 2, "jobs run at once")
 	wait := fs.Duration("wait", 30*time.Second, "long-poll wait for jobs")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error (JSON logs on stderr)")
+	logLevel := fs.String("log-level", "info", logLevelUsage)
+	logFormat := fs.String("log-format", "auto", logFormatUsage)
+	metricsListen := fs.String("metrics-listen", "", "serve Prometheus metrics in plain HTTP on this address, e.g. 127.0.0.1:9465 (default: off)")
+	asJSON := fs.Bool("json", false, "print the start-up summary as one JSON line")
 	pos, err := parse(fs, args)
 	if err != nil {
 		return err
@@ -51,7 +55,7 @@ func cmdAgent(ctx context.Context, e *env, args []string) error {
 	if len(pos) > 0 {
 		return usagef("usage: lifeboat agent --server URL --token T [--vm-dir DIR]… | [--libvirt URI] | lifeboat agent list|revoke|inventory")
 	}
-	log, err := jsonLogger(e, *logLevel)
+	log, err := daemonLogger(e, *logFormat, *logLevel)
 	if err != nil {
 		return err
 	}
@@ -60,6 +64,9 @@ func cmdAgent(ctx context.Context, e *env, args []string) error {
 		CAFingerprint: *fp, CAFile: *caFile, StateDir: firstOf(*stateDir, e.getenv("LIFEBOAT_AGENT_STATE"), "lifeboat-agent"),
 		Name: *name, VMDirs: vmDirs, RestoreRoot: *restoreRoot, Interval: *interval, Jobs: *jobs, Wait: *wait,
 		Password: e.getenv("LIFEBOAT_PASSWORD"), Version: version, Log: log,
+	}
+	if cfg.HA, err = openHA(e, *haMgr); err != nil {
+		return err
 	}
 	if *pwFile != "" {
 		b, err := os.ReadFile(*pwFile)
@@ -79,17 +86,13 @@ func cmdAgent(ctx context.Context, e *env, args []string) error {
 	case *lvURI != "" && len(vmDirs) > 0:
 		return usagef("--libvirt and --vm-dir exclude each other: one agent per host, one driver per agent")
 	case *lvURI != "":
-		h := agent.NewLibvirt(libvirt.Options{URI: *lvURI, ScratchDir: *lvScratch}, log)
+		h := agent.NewLibvirt(libvirt.Options{URI: *lvURI, ScratchDir: *lvScratch, ThawGuard: newThawGuard()}, log)
 		defer h.Close()
 		cfg.Driver = h
 	case *lvScratch != "":
 		return usagef("--libvirt-scratch needs --libvirt")
 	}
-	a, err := agent.New(ctx, cfg)
-	if err != nil {
-		return err
-	}
-	return a.Run(ctx)
+	return runAgent(ctx, e, cfg, *metricsListen, *asJSON)
 }
 
 func firstOf(vals ...string) string {

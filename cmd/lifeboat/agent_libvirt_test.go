@@ -448,4 +448,56 @@ func TestAgentsLibvirt(t *testing.T) {
 		}
 	}
 	t.Logf("%d backup jobs, %d of them deferred at least once; total %s", len(jobs), deferred, time.Since(t0).Round(time.Millisecond))
+
+	// Recovery through the API, run by the agents. Method 2: vm0's point
+	// (taken on node0) as a VM on node1, in a folder of the shared volume;
+	// the preflight is shown first, then the job brings the VM up.
+	t2 := time.Now()
+	p0 := points(vm0)[0]
+	recName := "lbt-rec-" + sfx
+	recDir := filepath.Join(l.Shared, recName)
+	t.Cleanup(func() {
+		virsh(n1.URI, "destroy", recName)
+		virsh(n1.URI, "undefine", recName)
+		os.RemoveAll(recDir)
+	})
+	var rec struct {
+		Plan api.RecoveryPlan `json:"plan"`
+		Job  api.JobDetail    `json:"job"`
+	}
+	lbJSON(t, env, &rec, "point", "recover", p0.ID, "--method", "vm", "--node", "node1", "--to", recDir, "--name", recName)
+	if !rec.Plan.OK || rec.Plan.Node != "node1" || rec.Job.State != catalog.JobSucceeded {
+		t.Fatalf("method 2 through the API: %+v", rec)
+	}
+	if out, _ := virsh(n1.URI, "domstate", recName); out != "running" {
+		t.Errorf("%s recovered on node1 is %q, want running", recName, out)
+	}
+	t.Logf("method 2 through the API (preflight, job, VM running on node1): %s", time.Since(t2).Round(time.Millisecond))
+	// Method 1 of a VM that was deleted: refused with LB-32579 and the
+	// advice, before anything is written.
+	virsh(n0.URI, "destroy", vm0)
+	if _, err := virsh(n0.URI, "undefine", "--checkpoints-metadata", vm0); err != nil {
+		t.Fatal(err)
+	}
+	var plan api.RecoveryPlan
+	if _, err := c.Do(ctx, "POST", api.Prefix+"/recoveries/preflight", api.RecoveryRequest{Method: "original", Point: p0.ID}, &plan); err != nil {
+		t.Fatal(err)
+	}
+	if plan.OK || plan.Code != "LB-32579" || plan.Node != "node0" || !strings.Contains(plan.Message, "no longer exists on host node0") ||
+		!strings.Contains(plan.Advice, "recover it as a VM on a host instead (method 2), choosing its original host") {
+		t.Errorf("method 1 of a deleted VM: %+v", plan)
+	}
+	// Queued anyway, the job is refused by the agent with the same code.
+	var j catalog.Job
+	if _, err := c.Do(ctx, "POST", api.Prefix+"/recoveries", api.RecoveryRequest{Method: "original", Point: p0.ID}, &j); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, "the refused method 1 job", 30*time.Second, func() bool {
+		var d api.JobDetail
+		lbJSON(t, env, &d, "job", "show", itoa(j.ID))
+		if d.State == catalog.JobSucceeded {
+			t.Fatalf("method 1 of a deleted VM succeeded")
+		}
+		return d.State == catalog.JobFailed && strings.Contains(d.Error, "LB-32579")
+	})
 }

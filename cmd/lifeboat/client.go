@@ -171,13 +171,20 @@ func cmdAgentList(ctx context.Context, e *env, args []string) error {
 	if _, err := parse(fs, args); err != nil {
 		return err
 	}
-	var out []catalog.Node
+	var out []struct {
+		catalog.Node
+		Reachable bool `json:"reachable"`
+	}
 	if err := cf.call(ctx, e, http.MethodGet, api.Prefix+"/agents", nil, &out); err != nil || cf.json {
 		return err
 	}
 	var rows [][]string
 	for _, n := range out {
-		rows = append(rows, []string{strconv.FormatInt(n.ID, 10), n.Name, n.Hostname, n.State, n.Version, ts(n.LastHeartbeat)})
+		state := n.State
+		if state == catalog.NodeEnrolled && !n.Reachable {
+			state = "unreachable" // silent for 3 heartbeat intervals
+		}
+		rows = append(rows, []string{strconv.FormatInt(n.ID, 10), n.Name, n.Hostname, state, n.Version, ts(n.LastHeartbeat)})
 	}
 	return table(e, "ID\tNAME\tHOSTNAME\tSTATE\tVERSION\tLAST HEARTBEAT", rows)
 }
@@ -339,6 +346,7 @@ func cmdGroupCreate(ctx context.Context, e *env, args []string) error {
 	days := fs.Int("retention-days", 0, "keep points this many days")
 	count := fs.Int("retention-count", 0, "keep at least this many points per VM")
 	noOffline := fs.Bool("no-offline-fallback", false, "never fall back to an offline backup")
+	verifyBoot := fs.Bool("verify-boot", false, "verify-boot each new point of a member on the node that took it")
 	var members stringList
 	fs.Var(&members, "member", "VM name or path of a VM folder or image (repeatable)")
 	pos, err := parse(fs, args)
@@ -355,6 +363,7 @@ func cmdGroupCreate(ctx context.Context, e *env, args []string) error {
 	}
 	off := !*noOffline
 	g.OfflineFallback = &off
+	g.VerifyBoot = *verifyBoot
 	if g.Members == nil {
 		g.Members = []string{}
 	}
@@ -462,7 +471,7 @@ func cmdJobList(ctx context.Context, e *env, args []string) error {
 	var cf clientFlags
 	cf.register(fs)
 	state := fs.String("state", "", "queued, running, succeeded, failed or canceled (comma-separated)")
-	kind := fs.String("kind", "", "backup, recovery, verify, prune or gc (comma-separated)")
+	kind := fs.String("kind", "", "backup, recovery, verify, verify-boot, prune, gc or tape (comma-separated)")
 	vm := fs.String("vm", "", "jobs about this VM")
 	limit := fs.Int("limit", 100, "at most this many")
 	if _, err := parse(fs, args); err != nil {
@@ -562,8 +571,9 @@ func cmdJobCancel(ctx context.Context, e *env, args []string) error {
 // ---- points, VMs, alerts -----------------------------------------------------------
 
 func cmdPoint(ctx context.Context, e *env, args []string) error {
-	fn, rest, err := sub(e, args, "lifeboat point list [--name VM] [--group G] | restore ID --node NODE --to DIR", map[string]func(context.Context, *env, []string) error{
-		"list": cmdPointList, "restore": cmdPointRestore,
+	fn, rest, err := sub(e, args, "lifeboat point list [--name VM] [--group G] | show ID | restore ID --node NODE --to DIR | recover ID --method M [--node NODE] [--to DIR] [--dry-run] | items ID [PATH] | download ID PATH --out FILE.tar | verify-boot ID [--node NODE] [--check CMD] [--wait]", map[string]func(context.Context, *env, []string) error{
+		"list": cmdPointList, "restore": cmdPointRestore, "recover": cmdPointRecover, "items": cmdPointItems, "download": cmdPointDownload,
+		"show": cmdPointShow, "verify-boot": cmdPointVerifyBoot,
 	})
 	if err != nil {
 		return err
@@ -594,9 +604,9 @@ func cmdPointList(ctx context.Context, e *env, args []string) error {
 	}
 	var rows [][]string
 	for _, p := range out {
-		rows = append(rows, []string{p.ID, p.Name, ts(p.Time), p.Host, p.Consistency, firstOf(p.Group, "-"), human(p.Size), human(p.Stored)})
+		rows = append(rows, []string{p.ID, p.Name, ts(p.Time), p.Host, p.Consistency, firstOf(p.Group, "-"), human(p.Size), human(p.Stored), firstOf(p.BootVerdict, "-")})
 	}
-	return table(e, "ID\tNAME\tTIME\tHOST\tCONSISTENCY\tGROUP\tSIZE\tSTORED", rows)
+	return table(e, "ID\tNAME\tTIME\tHOST\tCONSISTENCY\tGROUP\tSIZE\tSTORED\tBOOT", rows)
 }
 
 func cmdPointRestore(ctx context.Context, e *env, args []string) error {
@@ -669,7 +679,14 @@ func cmdAlert(ctx context.Context, e *env, args []string) error {
 		if len(pos) != 1 {
 			return usagef("usage: lifeboat alert ack ID")
 		}
-		return cf.call(ctx, e, http.MethodPost, api.Prefix+"/alerts/"+api.Q(pos[0])+"/ack", nil, nil)
+		if err := cf.call(ctx, e, http.MethodPost, api.Prefix+"/alerts/"+api.Q(pos[0])+"/ack", nil, nil); err != nil {
+			return err
+		}
+		if cf.json {
+			return json.NewEncoder(e.stdout).Encode(map[string]string{"acknowledged": pos[0]})
+		}
+		fmt.Fprintf(e.stdout, "alert %s acknowledged\n", pos[0])
+		return nil
 	}
 	path := api.Prefix + "/alerts"
 	if *open {

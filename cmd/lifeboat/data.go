@@ -121,7 +121,7 @@ func backupVM(ctx context.Context, e *env, rf *repoFlags, uri, vm string, opts b
 	if err != nil {
 		return err
 	}
-	drv, err := libvirt.Open(ctx, libvirt.Options{URI: uri})
+	drv, err := libvirt.Open(ctx, libvirt.Options{URI: uri, ThawGuard: newThawGuard()})
 	if err != nil {
 		return err
 	}

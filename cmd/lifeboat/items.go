@@ -135,18 +135,7 @@ func pickDisk(p *repo.Point, file string) (string, error) {
 	if file != "" {
 		return file, nil
 	}
-	parents := map[string]bool{}
-	for _, f := range p.Files {
-		if f.Parent != "" {
-			parents[f.Parent] = true
-		}
-	}
-	var tops []string
-	for _, f := range p.Files {
-		if f.Disk != nil && !parents[f.Path] {
-			tops = append(tops, f.Path)
-		}
-	}
+	tops := p.TopDisks()
 	if len(tops) != 1 {
 		return "", usagef("point %s has %d disks (%v): choose one with --file", p.ID, len(tops), tops)
 	}
@@ -154,20 +143,9 @@ func pickDisk(p *repo.Point, file string) (string, error) {
 }
 
 func pickVolume(vols []itemlevel.Volume, index int) (itemlevel.Volume, error) {
-	var withFS []itemlevel.Volume
-	for _, v := range vols {
-		if index >= 0 && v.Index == index {
-			return v, nil
-		}
-		if v.FS != "" && v.FS != "unknown" {
-			withFS = append(withFS, v)
-		}
+	v, err := itemlevel.PickVolume(vols, index)
+	if err != nil && index < 0 {
+		return v, usageError{fmt.Errorf("%w (see `lifeboat items ls`, then --volume)", err)}
 	}
-	if index >= 0 {
-		return itemlevel.Volume{}, fmt.Errorf("no volume %d", index)
-	}
-	if len(withFS) != 1 {
-		return itemlevel.Volume{}, usagef("%d volumes hold a filesystem: choose one with --volume (see `lifeboat items ls`)", len(withFS))
-	}
-	return withFS[0], nil
+	return v, err
 }

@@ -40,6 +40,7 @@ func commands() []command {
 		{"points", "list recovery points", cmdPoints},
 		{"restore", "restore a point into a folder", cmdRestore},
 		{"recover", "recover a VM: in place (original), as a VM on any host (vm), or to a folder (folder)", cmdRecover},
+		{"verify-boot", "boot a point as a throwaway VM, wait for its guest agent, record the verdict", cmdVerifyBoot},
 		{"items", "item-level recovery: ls, find, extract files inside a point's disks", cmdItems},
 		{"tape", "copy points to tape and back: library-create, add, write, scan, restore", cmdTape},
 		{"verify", "re-hash every chunk and name the points a bad one affects", cmdVerify},
@@ -56,10 +57,8 @@ func commands() []command {
 		{"point", "point list|restore: points in the server's catalog", cmdPoint},
 		{"alert", "alert list|ack", cmdAlert},
 		{"status", "the server's status", cmdStatus},
-		{"version", "print the version", func(_ context.Context, e *env, _ []string) error {
-			fmt.Fprintln(e.stdout, "lifeboat", version)
-			return nil
-		}},
+		{"version", "print the version", cmdVersion},
+		{"completion", "print a shell completion script: bash, zsh or fish", cmdCompletion},
 	}
 }
 
@@ -83,10 +82,19 @@ func run(ctx context.Context, e *env, args []string) int {
 		}
 		return 0
 	}
-	for _, c := range commands() {
+	for _, c := range append(commands(), hiddenCommands()...) {
 		if c.name == args[0] {
+			if jsonRequested(args[1:]) {
+				e.tty = false // no progress bars around machine-readable output
+			}
 			err := c.run(ctx, e, args[1:])
 			if err == nil {
+				return 0
+			}
+			var he helpError
+			if errors.As(err, &he) {
+				he.fs.SetOutput(e.stderr)
+				he.fs.Usage()
 				return 0
 			}
 			if errors.Is(err, flag.ErrHelp) {
@@ -116,6 +124,14 @@ func usage(w io.Writer) {
 
 type usageError struct{ error }
 
+// helpError is -h: run prints the flag set's usage. Carrying the flag set
+// also lets the completion script list every command's flags without
+// running the command.
+type helpError struct{ fs *flag.FlagSet }
+
+func (h helpError) Error() string        { return flag.ErrHelp.Error() }
+func (h helpError) Is(target error) bool { return target == flag.ErrHelp }
+
 func usagef(format string, args ...any) error { return usageError{fmt.Errorf(format, args...)} }
 
 // parse parses flags that may stand before or after positional arguments.
@@ -125,9 +141,7 @@ func parse(fs *flag.FlagSet, args []string) ([]string, error) {
 	for {
 		if err := fs.Parse(args); err != nil {
 			if errors.Is(err, flag.ErrHelp) {
-				fs.SetOutput(os.Stderr)
-				fs.Usage()
-				return nil, err
+				return nil, helpError{fs}
 			}
 			return nil, usageError{err}
 		}

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"lifeboat/cluster"
 	"lifeboat/cluster/pacemaker"
 	"lifeboat/hypervisor/libvirt"
 	"lifeboat/recovery"
@@ -35,6 +36,8 @@ func cmdRecover(ctx context.Context, e *env, args []string) error {
 	ha := fs.Bool("ha", false, "with --method vm: register the VM with the cluster's HA manager")
 	haRes := fs.String("ha-resource", "", "the VM's HA resource ID (default: the VM's name)")
 	haMgr := fs.String("ha-manager", "", "the cluster's HA manager: pacemaker (or $LIFEBOAT_HA_MANAGER); none by default")
+	var haf haSpecFlags
+	haf.register(fs)
 	discard := fs.Bool("discard-saved-state", false, "with --method vm: boot cold even on the source host")
 	keep := fs.Bool("keep-chain", false, "keep differencing chains as they are")
 	merge := fs.Bool("merge-chain", false, "with --method vm: merge differencing chains even on the source host")
@@ -68,6 +71,9 @@ func cmdRecover(ctx context.Context, e *env, args []string) error {
 	}
 	req := recovery.Request{Method: m, Point: *point, TargetHost: *hostName, NewIdentity: *newID, Name: *name, HA: *ha,
 		HAResource: *haRes, DiscardSavedState: *discard, SharedVolumes: sharedVolumes(e, shared)}
+	if req.HAOptions, err = haf.spec(); err != nil {
+		return err
+	}
 	if *to != "" {
 		if req.Dir, err = filepath.Abs(*to); err != nil {
 			return err
@@ -135,6 +141,8 @@ func cmdVMLocal(ctx context.Context, e *env, args []string) error {
 	ha := fs.Bool("ha", false, "rebuild: register the VM with the cluster's HA manager")
 	haRes := fs.String("ha-resource", "", "the VM's HA resource ID (default: the VM's name)")
 	haMgr := fs.String("ha-manager", "", "the cluster's HA manager: pacemaker (or $LIFEBOAT_HA_MANAGER)")
+	var haf haSpecFlags
+	haf.register(fs)
 	name := fs.String("name", "", "rebuild: the VM's name (default: the configuration's)")
 	newID := fs.Bool("new-identity", false, "rebuild: new UUID, new MACs and a name with a suffix")
 	config := fs.String("config", "", "make-ha: where the VM's definition is kept for the HA manager (default: beside its first disk)")
@@ -155,6 +163,9 @@ func cmdVMLocal(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	req := recovery.Request{TargetHost: *hostName, HAResource: *haRes}
+	if req.HAOptions, err = haf.spec(); err != nil {
+		return err
+	}
 	if sub == "rebuild" {
 		req.Method, req.HA, req.Name, req.NewIdentity = recovery.MethodRebuild, *ha, *name, *newID
 		if req.Dir, err = filepath.Abs(pos[0]); err != nil {
@@ -289,9 +300,47 @@ func openHA(e *env, name string) (recovery.HA, error) {
 	case "", "none":
 		return nil, nil
 	case "pacemaker":
-		return pacemaker.New(pacemaker.Options{}), nil
+		// A command that reaches the cluster's tools, split at spaces
+		// (the lab's namespaced nodes: "nsenter --target PID --mount
+		// --net --uts --"); empty runs them here.
+		return pacemaker.New(pacemaker.Options{Command: strings.Fields(e.getenv("LIFEBOAT_PACEMAKER_COMMAND"))}), nil
 	}
 	return nil, usagef("unknown HA manager %q (pacemaker or none)", name)
+}
+
+// haSpecFlags shape the VirtualDomain resource that --ha adds, for clusters
+// whose nodes reach libvirt or each other by different URIs (without them
+// the resource uses the target host's URI on every node).
+type haSpecFlags struct {
+	hypervisors    stringList
+	remoteURI      string
+	migrateOptions string
+	forceStop      bool
+	monitor        time.Duration
+}
+
+func (h *haSpecFlags) register(fs *flag.FlagSet) {
+	fs.Var(&h.hypervisors, "ha-hypervisor", "with --ha: NODE=URI, the libvirt URI the cluster uses on that node (repeatable; the VM then runs only on the nodes given)")
+	fs.StringVar(&h.remoteURI, "ha-remote-uri", "", "with --ha: the live-migration target URI, %n standing for the target node")
+	fs.StringVar(&h.migrateOptions, "ha-migrate-options", "", "with --ha: extra options the cluster gives virsh migrate in live migrations")
+	fs.BoolVar(&h.forceStop, "ha-force-stop", false, "with --ha: the cluster stops the VM by powering it off (guests that ignore shutdown)")
+	fs.DurationVar(&h.monitor, "ha-monitor", 0, "with --ha: the cluster's monitor interval (default 10s)")
+}
+
+func (h *haSpecFlags) spec() (cluster.VirtualDomainSpec, error) {
+	spec := cluster.VirtualDomainSpec{RemoteURI: h.remoteURI, MigrateOptions: h.migrateOptions, ForceStop: h.forceStop, MonitorInterval: h.monitor}
+	for _, hv := range h.hypervisors {
+		node, uri, ok := strings.Cut(hv, "=")
+		if !ok || node == "" || uri == "" {
+			return spec, usagef("--ha-hypervisor %q: want NODE=URI", hv)
+		}
+		if spec.NodeHypervisors == nil {
+			spec.NodeHypervisors = map[string]string{}
+		}
+		spec.NodeHypervisors[node] = uri
+		spec.Nodes = append(spec.Nodes, node)
+	}
+	return spec, nil
 }
 
 func sharedVolumes(e *env, flags []string) []string {

@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,14 +33,28 @@ func dataDir(e *env, flagVal string) string {
 	return "lifeboat-data"
 }
 
-// jsonLogger logs JSON lines to stderr at the given level.
-func jsonLogger(e *env, level string) (*slog.Logger, error) {
+// daemonLogger is the logger of the server and the agent: JSON lines on
+// stderr for journald and log shippers, text on a terminal (format auto),
+// or what --log-format says.
+func daemonLogger(e *env, format, level string) (*slog.Logger, error) {
 	var l slog.Level
 	if err := l.UnmarshalText([]byte(level)); err != nil {
 		return nil, usagef("--log-level %q: want debug, info, warn or error", level)
 	}
-	return slog.New(slog.NewJSONHandler(e.stderr, &slog.HandlerOptions{Level: l})), nil
+	opts := &slog.HandlerOptions{Level: l}
+	switch {
+	case format == "json" || format == "auto" && !e.tty:
+		return slog.New(slog.NewJSONHandler(e.stderr, opts)), nil
+	case format == "text" || format == "auto":
+		return slog.New(slog.NewTextHandler(e.stderr, opts)), nil
+	}
+	return nil, usagef("--log-format %q: want auto, json or text", format)
 }
+
+const (
+	logLevelUsage  = "debug, info, warn or error"
+	logFormatUsage = "auto (JSON when stderr is not a terminal or with --json, else text), json or text"
+)
 
 func cmdServer(ctx context.Context, e *env, args []string) error {
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
@@ -57,7 +72,8 @@ func cmdServer(ctx context.Context, e *env, args []string) error {
 	tick := fs.Duration("tick", 10*time.Second, "how often the scheduler looks for due backups")
 	heartbeat := fs.Duration("heartbeat", 30*time.Second, "heartbeat interval told to agents")
 	speed := fs.Float64("clock-speed", 1, "run the scheduler's clock this many times faster (tests and demos)")
-	logLevel := fs.String("log-level", "info", "debug, info, warn or error (JSON logs on stderr)")
+	logLevel := fs.String("log-level", "info", logLevelUsage)
+	logFormat := fs.String("log-format", "auto", logFormatUsage)
 	asJSON := fs.Bool("json", false, "print the start-up summary as one JSON line")
 	if _, err := parse(fs, args); err != nil {
 		return err
@@ -65,7 +81,7 @@ func cmdServer(ctx context.Context, e *env, args []string) error {
 	if *speed <= 0 {
 		return usagef("--clock-speed must be positive")
 	}
-	log, err := jsonLogger(e, *logLevel)
+	log, err := daemonLogger(e, *logFormat, *logLevel)
 	if err != nil {
 		return err
 	}
@@ -95,7 +111,17 @@ func cmdServer(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	url := "https://" + ln.Addr().String()
+	// A wildcard listener has no address to dial, and the certificate
+	// does not name 0.0.0.0: local clients (server.url) use loopback.
+	addr := ln.Addr().(*net.TCPAddr)
+	host := addr.IP.String()
+	if addr.IP.IsUnspecified() {
+		host = "127.0.0.1"
+		if addr.IP.To4() == nil {
+			host = "::1"
+		}
+	}
+	url := "https://" + net.JoinHostPort(host, strconv.Itoa(addr.Port))
 	os.WriteFile(filepath.Join(cfg.DataDir, "server.url"), []byte(url+"\n"), 0o600)
 	summary := map[string]any{
 		"url": url, "data": cfg.DataDir, "repo": srv.RepoDir(), "ca_fingerprint": srv.CAFingerprint(),
@@ -123,5 +149,6 @@ func cmdServer(ctx context.Context, e *env, args []string) error {
 	if f, ok := e.stdout.(*os.File); ok {
 		f.Sync()
 	}
+	log.Info("server started", "version", version, "url", url, "data", cfg.DataDir, "repo", srv.RepoDir())
 	return srv.Serve(ctx, ln)
 }

@@ -105,6 +105,7 @@ type serverStart struct {
 	CAFingerprint string `json:"ca_fingerprint"`
 	AdminToken    string `json:"admin_token"`
 	Adopted       int    `json:"adopted"`
+	CA            string `json:"ca"`
 }
 
 func startServer(t *testing.T, args ...string) (*proc, serverStart) {

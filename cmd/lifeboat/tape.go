@@ -44,6 +44,9 @@ func cmdTape(ctx context.Context, e *env, args []string) error {
 		if _, err := vtl.Create(*libDir, vtl.Options{}); err != nil {
 			return err
 		}
+		if rf.json {
+			return json.NewEncoder(e.stdout).Encode(map[string]string{"library": *libDir})
+		}
 		fmt.Fprintf(e.stdout, "created tape library %s\n", *libDir)
 		return nil
 	}
@@ -59,6 +62,9 @@ func cmdTape(ctx context.Context, e *env, args []string) error {
 		if err := lib.AddCartridge(*barcode, *capacity, 0); err != nil {
 			return err
 		}
+		if rf.json {
+			return json.NewEncoder(e.stdout).Encode(map[string]any{"barcode": *barcode, "capacity": *capacity})
+		}
 		fmt.Fprintf(e.stdout, "added cartridge %s (%s)\n", *barcode, human(*capacity))
 		return nil
 	case "write":
@@ -73,7 +79,9 @@ func cmdTape(ctx context.Context, e *env, args []string) error {
 		if err != nil {
 			return err
 		}
-		res, err := tape.WritePoints(ctx, r, []*repo.Point{p}, lib, tape.WriteOptions{Overwrite: *overwrite, Plaintext: *plaintext})
+		bar := newProgress(e, "tape write "+p.ID)
+		res, err := tape.WritePoints(ctx, r, []*repo.Point{p}, lib, tape.WriteOptions{Overwrite: *overwrite, Plaintext: *plaintext, Progress: bar.bytes})
+		bar.done()
 		if err != nil {
 			return err
 		}
@@ -114,7 +122,13 @@ func cmdTape(ctx context.Context, e *env, args []string) error {
 			if err := os.MkdirAll(abs, 0o755); err != nil {
 				return err
 			}
-			res, err := tape.RestoreToFolder(ctx, lib, *point, abs, tape.RestoreOptions{Options: restore.Options{}})
+			read, bar := newProgress(e, "tape read "+*point), newProgress(e, "restore "+*point)
+			res, err := tape.RestoreToFolder(ctx, lib, *point, abs, tape.RestoreOptions{Options: restore.Options{Progress: func(done, total int64) {
+				read.done() // the tape is read; the disks are being written
+				bar.update(done, total)
+			}}, Read: read.bytes})
+			read.done()
+			bar.done()
 			if err != nil {
 				return err
 			}
@@ -128,9 +142,14 @@ func cmdTape(ctx context.Context, e *env, args []string) error {
 		if err != nil {
 			return err
 		}
-		p, err := tape.RestoreToRepository(ctx, lib, *point, r, tape.RestoreOptions{})
+		bar := newProgress(e, "tape read "+*point)
+		p, err := tape.RestoreToRepository(ctx, lib, *point, r, tape.RestoreOptions{Read: bar.bytes})
+		bar.done()
 		if err != nil {
 			return err
+		}
+		if rf.json {
+			return json.NewEncoder(e.stdout).Encode(map[string]string{"point": p.ID, "repository": r.Config().ID})
 		}
 		fmt.Fprintf(e.stdout, "point %s is back in the repository\n", p.ID)
 		return nil

@@ -64,6 +64,10 @@ type session struct {
 	// daemon sees them; End removes what QEMU leaves behind.
 	temp []string
 
+	// freeze is the guest's filesystem freeze, if one was asked for;
+	// End waits for a thaw still in progress.
+	freeze *guestFreeze
+
 	mu        sync.Mutex
 	jobActive bool // a pull-mode backup job runs
 	resume    bool // offline: start the VM again at End
@@ -127,6 +131,9 @@ func (s *session) End(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 		s.checkpoint = ""
+	}
+	if s.freeze != nil {
+		s.freeze.wait()
 	}
 	if s.resume {
 		if err := s.d.l.DomainCreate(s.dom); err != nil {
@@ -229,14 +236,24 @@ func (d *Driver) backupOnline(ctx context.Context, dom golibvirt.Domain, cfg *hy
 		return filepath.Join(d.scratch, "lifeboat-"+tag+"-"+target+".qcow2")
 	}
 
-	frozen := false
 	consistency := hypervisor.Crash
-	if opts.Quiesce {
-		var why string
-		frozen, why = d.freeze(dom)
-		if why != "" {
-			notes = append(notes, why)
+	var fz *guestFreeze
+	if opts.Quiesce && ctx.Err() == nil {
+		fz = d.freeze(ctx, dom)
+		notes = append(notes, fz.notes...)
+	}
+	// From here on a guest this backup froze, or may have frozen (a freeze
+	// that timed out can still take effect), is thawed on every path, a
+	// failure or cancellation included.
+	thawDone := false
+	defer func() {
+		if fz != nil && !thawDone {
+			fz.thaw()
+			fz.wait()
 		}
+	}()
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("libvirt: backup of %q: %w", dom.Name, err)
 	}
 	err = d.beginBackup(dom, all, disks, incr, base, sock, scratch, cpName, bitmapped)
 	if err != nil && len(incr) > 0 {
@@ -246,21 +263,26 @@ func (d *Driver) backupOnline(ctx context.Context, dom golibvirt.Domain, cfg *hy
 		incr = map[string]bool{}
 		err = d.beginBackup(dom, all, disks, incr, base, sock, scratch, cpName, bitmapped)
 	}
-	if frozen {
-		if terr := d.thaw(dom); terr == nil {
-			consistency = hypervisor.Application
-		} else {
+	if fz != nil {
+		thawDone = true
+		if terr := fz.thaw(); terr != nil {
 			notes = append(notes, terr.Error())
+		}
+		if fz.frozen && err == nil {
+			consistency = hypervisor.Application
 		}
 	}
 	if err != nil {
+		if fz != nil {
+			fz.wait()
+		}
 		return nil, d.wrap(err, "begin backup of %q", dom.Name)
 	}
 
 	if len(chain) > 0 {
 		notes = append(chain, notes...)
 	}
-	s := &session{d: d, dom: dom, cfg: cfg, consistency: consistency, checkpoint: cpName, jobActive: true, notes: notes}
+	s := &session{d: d, dom: dom, cfg: cfg, consistency: consistency, checkpoint: cpName, jobActive: true, notes: notes, freeze: fz}
 	s.temp = append(s.temp, sock)
 	for _, dd := range disks {
 		s.temp = append(s.temp, scratch(dd.Target))
@@ -443,27 +465,183 @@ func (d *Driver) pruneCheckpoints(dom golibvirt.Domain, keep string) error {
 	return errors.Join(errs...)
 }
 
-// freeze asks the guest agent to freeze the guest's filesystems. It
-// reports false with the reason when there is no agent or it fails.
-func (d *Driver) freeze(dom golibvirt.Domain) (bool, string) {
-	if _, err := d.l.QEMUDomainAgentCommand(dom, `{"execute":"guest-ping"}`, 5, 0); err != nil {
-		return false, fmt.Sprintf("no guest agent (%v): crash-consistent", err)
+// agentCommand sends one guest-agent command with a bounded wait: a
+// hung agent must not hang a backup. (virDomainFSFreeze and FSThaw wait
+// as long as the domain's agent timeout, which is "forever" unless
+// someone set it; a raw agent command takes a timeout of its own, at the
+// price of libvirt marking the domain tainted "custom-ga-command" in its
+// log.)
+func (d *Driver) agentCommand(dom golibvirt.Domain, cmd string, timeout time.Duration) (string, error) {
+	secs := int32((timeout + time.Second - 1) / time.Second)
+	if secs < 1 {
+		secs = 1
 	}
-	if _, err := d.l.DomainFsfreeze(dom, nil, 0); err != nil {
-		return false, fmt.Sprintf("guest filesystem freeze failed (%v): crash-consistent", err)
+	r, err := d.l.QEMUDomainAgentCommand(dom, cmd, secs, 0)
+	if err != nil {
+		return "", err
 	}
-	return true, ""
+	if len(r) == 0 {
+		return "", nil
+	}
+	return r[0], nil
 }
 
-func (d *Driver) thaw(dom golibvirt.Domain) error {
+// guestFreeze is one backup's filesystem freeze through the guest agent
+// (guest-fsfreeze-freeze before backup-begin, guest-fsfreeze-thaw after:
+// libvirt 9's backup-begin has no quiesce flag).
+type guestFreeze struct {
+	d   *Driver
+	dom golibvirt.Domain
+	// frozen: the agent confirmed the freeze.
+	frozen bool
+	// uncertain: the freeze (or the thaw) did not answer in time, so the
+	// agent may still freeze, or stay frozen; a watcher then thaws the
+	// guest as soon as the agent answers again.
+	uncertain bool
+	// leftFrozen: the guest was found frozen by an earlier freeze and
+	// could not be thawed.
+	leftFrozen bool
+	notes      []string
+
+	// guard is the thaw guard's release, nil without a guard; called
+	// once, with whether the guest is known to be thawed.
+	guard     func(thawed bool)
+	guardOnce sync.Once
+
+	once    sync.Once
+	watcher chan struct{} // closed when the watcher is done; nil if none
+}
+
+const (
+	agentPing   = `{"execute":"guest-ping"}`
+	agentStatus = `{"execute":"guest-fsfreeze-status"}`
+	agentFreeze = `{"execute":"guest-fsfreeze-freeze"}`
+	agentThaw   = `{"execute":"guest-fsfreeze-thaw"}`
+)
+
+// freeze asks the guest agent to freeze the guest's filesystems, waiting
+// at most the driver's freeze timeout. Without an agent, or when the freeze
+// fails, the backup goes on crash-consistent and the notes say why.
+func (d *Driver) freeze(ctx context.Context, dom golibvirt.Domain) *guestFreeze {
+	f := &guestFreeze{d: d, dom: dom}
+	if _, err := d.agentCommand(dom, agentPing, d.agentTimeout); err != nil {
+		f.notes = append(f.notes, fmt.Sprintf("no guest agent (%v): crash-consistent", err))
+		return f
+	}
+	if d.thawGuard != nil {
+		release, err := d.thawGuard(ctx, d.uri, dom.Name, d.freezeTimeout)
+		if err != nil {
+			f.notes = append(f.notes, fmt.Sprintf("no thaw guard (%v): if this process dies while the guest is frozen, the guest stays frozen until its next backup", err))
+		} else {
+			f.guard = release
+		}
+	}
+	// A freeze that an earlier backup could not undo (its process killed
+	// while the guest was frozen, an application hook that finished after
+	// the freeze timed out) makes this freeze fail and keeps the guest
+	// frozen: thaw it first.
+	if st, err := d.agentCommand(dom, agentStatus, d.agentTimeout); err == nil && strings.Contains(st, `"frozen"`) {
+		if err := d.thawNow(dom); err != nil {
+			f.notes = append(f.notes, fmt.Sprintf("the guest's filesystems were found frozen and could not be thawed (%v): crash-consistent", err))
+			f.leftFrozen = true
+			return f
+		}
+		f.notes = append(f.notes, "the guest's filesystems were found frozen by an earlier freeze that was not undone: thawed them first")
+	}
+	if _, err := d.agentCommand(dom, agentFreeze, d.freezeTimeout); err != nil {
+		f.uncertain = true
+		f.notes = append(f.notes, fmt.Sprintf("guest filesystem freeze failed or took longer than %v (%v): crash-consistent", d.freezeTimeout, err))
+		return f
+	}
+	f.frozen = true
+	return f
+}
+
+// thawNow thaws the guest's filesystems, trying three times.
+func (d *Driver) thawNow(dom golibvirt.Domain) error {
 	var err error
 	for i := 0; i < 3; i++ {
-		if _, err = d.l.DomainFsthaw(dom, nil, 0); err == nil {
+		if _, err = d.agentCommand(dom, agentThaw, d.agentTimeout); err == nil {
 			return nil
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
 	return d.wrap(err, "thaw guest filesystems of %q", dom.Name)
+}
+
+// thaw undoes the freeze. A confirmed freeze is thawed at once; when that
+// fails, or the freeze's outcome is unknown, a watcher thaws the guest as
+// soon as its agent answers, for up to the freeze timeout (at least
+// watchMin); wait waits for it. The error is for the point's notes.
+//
+// What no code in this process can cover: the process killed (SIGKILL)
+// while the guest is frozen or the freeze runs; libvirtd still delivers
+// the freeze. The thaw guard (Options.ThawGuard), told here whether the
+// guest is known thawed, covers it; without one the next backup of the
+// VM finds the guest frozen and thaws it first.
+func (f *guestFreeze) thaw() error {
+	var err error
+	f.once.Do(func() {
+		if f.frozen {
+			if err = f.d.thawNow(f.dom); err == nil {
+				f.releaseGuard(true)
+				return
+			}
+			f.uncertain = true
+		}
+		if f.uncertain {
+			f.watcher = make(chan struct{})
+			go f.watch(time.Now().Add(max(f.d.freezeTimeout, watchMin)))
+			return
+		}
+		f.releaseGuard(!f.leftFrozen)
+	})
+	return err
+}
+
+// releaseGuard lets the thaw guard go: with thawed, it exits; without,
+// it goes on trying to thaw the guest, as if this process had died.
+func (f *guestFreeze) releaseGuard(thawed bool) {
+	f.guardOnce.Do(func() {
+		if f.guard != nil {
+			f.guard(thawed)
+		}
+	})
+}
+
+// watchMin is the least time the watcher waits for a busy agent: libvirt
+// 9 holds each agent command for up to 5 s of guest-sync while the agent
+// still runs a hook, whatever the command's own timeout.
+const watchMin = 10 * time.Second
+
+// watch polls the agent until it answers guest-fsfreeze-status (a hung
+// freeze has then finished one way or the other), thaws the guest if it
+// is frozen, and gives up at the deadline.
+func (f *guestFreeze) watch(deadline time.Time) {
+	defer close(f.watcher)
+	for {
+		st, err := f.d.agentCommand(f.dom, agentStatus, time.Second)
+		if err == nil {
+			thawed := true
+			if strings.Contains(st, `"frozen"`) {
+				thawed = f.d.thawNow(f.dom) == nil
+			}
+			f.releaseGuard(thawed)
+			return
+		}
+		if time.Now().After(deadline) {
+			f.releaseGuard(false)
+			return
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// wait waits for the watcher, if any.
+func (f *guestFreeze) wait() {
+	if f.watcher != nil {
+		<-f.watcher
+	}
 }
 
 // openExports connects to each disk's NBD export and reads the dirty

@@ -60,6 +60,18 @@ type Options struct {
 	CheckpointPrefix string
 	// DialTimeout bounds connecting; 0 means 15 s.
 	DialTimeout time.Duration
+	// AgentTimeout bounds each guest-agent command of a backup other
+	// than the freeze (ping, status, thaw); 0 means 5 s.
+	AgentTimeout time.Duration
+	// FreezeTimeout bounds the guest's filesystem freeze, its
+	// application hooks included; 0 means 60 s. A guest not frozen by
+	// then is backed up crash-consistent.
+	FreezeTimeout time.Duration
+	// ThawGuard, when set, starts a guard outside this process right
+	// before a backup freezes a guest: the in-process thaws cannot cover
+	// the process's own death (SIGKILL, a crash) while the guest is
+	// frozen. Nil: no guard. See ThawGuardFunc.
+	ThawGuard ThawGuardFunc
 }
 
 // Driver is a connection to one libvirt daemon.
@@ -73,6 +85,10 @@ type Driver struct {
 	cfgDir  string // the daemon's libvirt config folder ("/etc/libvirt")
 	scratch string
 	prefix  string
+
+	agentTimeout  time.Duration
+	freezeTimeout time.Duration
+	thawGuard     ThawGuardFunc
 
 	closeOnce sync.Once
 }
@@ -112,9 +128,16 @@ func Open(ctx context.Context, opts Options) (*Driver, error) {
 	if err != nil {
 		return nil, fmt.Errorf("libvirt: connect to %s: %w", opts.URI, err)
 	}
-	d := &Driver{l: l, mode: mode, uri: opts.URI, prefix: opts.CheckpointPrefix}
+	d := &Driver{l: l, mode: mode, uri: opts.URI, prefix: opts.CheckpointPrefix,
+		agentTimeout: opts.AgentTimeout, freezeTimeout: opts.FreezeTimeout, thawGuard: opts.ThawGuard}
 	if d.prefix == "" {
 		d.prefix = "lifeboat-"
+	}
+	if d.agentTimeout <= 0 {
+		d.agentTimeout = 5 * time.Second
+	}
+	if d.freezeTimeout <= 0 {
+		d.freezeTimeout = 60 * time.Second
 	}
 	d.discover(dl.peer(), opts)
 	return d, nil

@@ -24,8 +24,9 @@ type Policy struct {
 }
 
 // AgentPolicy is what a server lets its agents do: read everything, write
-// chunks, indexes, manifests and locks (write-once, so nothing is ever
-// replaced), delete only locks, and list only manifests and locks.
+// chunks, indexes, manifests, locks and boot verdicts (write-once, so
+// nothing is ever replaced), delete only locks, and list only manifests
+// and locks.
 func AgentPolicy() Policy {
 	under := func(prefixes ...string) func(string) bool {
 		return func(k string) bool {
@@ -38,7 +39,7 @@ func AgentPolicy() Policy {
 		}
 	}
 	return Policy{
-		Write:  under("chunks/", "indexes/", "points/", "locks/"),
+		Write:  under("chunks/", "indexes/", "points/", "locks/", "verify/"),
 		Delete: under("locks/"),
 		List:   func(p string) bool { return p == "points/" || p == "locks/" },
 	}

@@ -1,0 +1,273 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"lifeboat/api"
+	"lifeboat/catalog"
+	"lifeboat/repo"
+)
+
+// Recovery through the API. The agent of the host a recovery writes to
+// does the work, so it also does the checking: a preflight is a recovery
+// job with PreflightOnly set, which the agent answers with the plan (or
+// the refusal) without writing anything; the server waits for it. A real
+// recovery job checks again before it writes, so a plan that went stale
+// between the two is refused, not half-run.
+
+// preflightTimeout bounds how long POST /recoveries/preflight waits for
+// the agent; agents long-poll, so a healthy one answers in well under a
+// second plus the checks' own time.
+const preflightTimeout = 60 * time.Second
+
+// Codes of refusals the server itself makes before asking an agent; they
+// share the agent's LB- code space (recovery package).
+const (
+	codeHostUnreachable = "LB-40002"
+	codePointUnusable   = "LB-40001"
+)
+
+// recoveryMethods are the methods the API runs (instant recovery and
+// rebuild stay CLI operations on a host).
+var recoveryMethods = map[string]bool{"original": true, "vm": true, "folder": true}
+
+// checkRecovery validates a request and resolves its node. On failure it
+// has answered: 4xx for a malformed request, or (refusal non-nil) a plan
+// that refuses with a code, for conditions an operator can fix.
+func (s *Server) checkRecovery(w http.ResponseWriter, r *http.Request, req *api.RecoveryRequest) (catalog.Node, catalog.Point, *api.RecoveryPlan, bool) {
+	var n catalog.Node
+	var pt catalog.Point
+	if !recoveryMethods[req.Method] {
+		fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("method %q: use original, vm or folder", req.Method))
+		return n, pt, nil, false
+	}
+	if !repo.ValidPointID(req.Point) {
+		fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("point %q is not a point ID", req.Point))
+		return n, pt, nil, false
+	}
+	if req.Dir != "" {
+		if err := api.CheckAbsPath("dir", req.Dir); err != nil {
+			fail(w, http.StatusBadRequest, "bad_request", err.Error())
+			return n, pt, nil, false
+		}
+	}
+	if req.Method != "original" && req.Dir == "" {
+		fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("method %s needs dir: the target folder on the node", req.Method))
+		return n, pt, nil, false
+	}
+	if req.Name != "" {
+		if err := api.CheckVMName(req.Name); err != nil {
+			fail(w, http.StatusBadRequest, "bad_request", err.Error())
+			return n, pt, nil, false
+		}
+	}
+	if req.HAResource != "" {
+		if err := api.CheckName("ha_resource", req.HAResource); err != nil {
+			fail(w, http.StatusBadRequest, "bad_request", err.Error())
+			return n, pt, nil, false
+		}
+	}
+	switch req.Chain {
+	case "", "keep", "merge":
+	default:
+		fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("chain %q: use keep or merge", req.Chain))
+		return n, pt, nil, false
+	}
+	var err error
+	if pt, err = s.cat.GetPoint(r.Context(), req.Point); err != nil {
+		s.catalogError(w, r, err)
+		return n, pt, nil, false
+	}
+	plan := &api.RecoveryPlan{Method: req.Method, Point: req.Point, VM: pt.Name, Dir: req.Dir, Checks: []api.RecoveryCheck{}}
+	if req.Node == "" {
+		if req.Method != "original" {
+			fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("method %s needs node: the host that receives the files (one with an enrolled agent)", req.Method))
+			return n, pt, nil, false
+		}
+		// Method 1 runs where the VM runs now, else where the point was
+		// taken (the agent then finds the VM gone and says so).
+		if n, err = s.ownerOf(r.Context(), pt); err != nil {
+			s.catalogError(w, r, err)
+			return n, pt, nil, false
+		}
+		if n.ID == 0 {
+			plan.Refuse("LB-32579", fmt.Sprintf("VM %s runs on no node with an agent, and its point's host %q has none", pt.Name, pt.Host),
+				"the VM's cluster resource no longer exists; recover it as a VM on a host instead (method 2), choosing its original host")
+			return n, pt, plan, true
+		}
+	} else if n, ok := s.nodeRef(w, r, req.Node); !ok {
+		return n, pt, nil, false
+	} else {
+		plan.Node = n.Name
+		if bad := s.nodeUnready(n); bad != "" {
+			plan.Check("agent", false, bad)
+			plan.Refuse(codeHostUnreachable, bad, "recover to a host whose agent is enrolled and sends heartbeats (see the Overview page or `lifeboat cluster`)")
+			return n, pt, plan, true
+		}
+		return n, pt, nil, true
+	}
+	plan.Node = n.Name
+	if bad := s.nodeUnready(n); bad != "" {
+		plan.Check("agent", false, bad)
+		plan.Refuse(codeHostUnreachable, bad, "bring the node's agent back, or recover as a VM on another host (method 2)")
+		return n, pt, plan, true
+	}
+	return n, pt, nil, true
+}
+
+// nodeUnready says why a node cannot run a recovery now, or "".
+func (s *Server) nodeUnready(n catalog.Node) string {
+	if n.State != catalog.NodeEnrolled {
+		return fmt.Sprintf("node %s has no enrolled agent (state %s)", n.Name, n.State)
+	}
+	if stale := 3 * s.cfg.HeartbeatInterval; n.LastHeartbeat.IsZero() || time.Since(n.LastHeartbeat) > stale {
+		return fmt.Sprintf("the agent of node %s has not sent a heartbeat for over %s", n.Name, stale)
+	}
+	return ""
+}
+
+// ownerOf is the node running the point's VM now, or the node the point
+// was taken on; a zero Node when neither has an agent.
+func (s *Server) ownerOf(ctx context.Context, pt catalog.Point) (catalog.Node, error) {
+	vms, err := s.cat.ListVMs(ctx, catalog.VMFilter{Name: pt.Name})
+	if err != nil {
+		return catalog.Node{}, err
+	}
+	for _, v := range vms {
+		if v.OwnerNodeID != 0 && v.State != "absent" {
+			return s.cat.GetNode(ctx, v.OwnerNodeID)
+		}
+	}
+	if pt.Host == "" {
+		return catalog.Node{}, nil
+	}
+	n, err := s.cat.NodeByName(ctx, pt.Host)
+	if errors.Is(err, catalog.ErrNotFound) {
+		return catalog.Node{}, nil
+	}
+	return n, err
+}
+
+// recoveryJob queues a recovery job for the node.
+func (s *Server) recoveryJob(ctx context.Context, n catalog.Node, pt catalog.Point, req api.RecoveryRequest, preflight bool) (catalog.Job, error) {
+	req.Node = n.Name
+	params := api.RecoveryParams{Recovery: req, PreflightOnly: preflight}
+	if n.ClusterID != 0 {
+		vols, err := s.cat.ListSharedVolumes(ctx, n.ClusterID)
+		if err != nil {
+			return catalog.Job{}, err
+		}
+		for _, v := range vols {
+			params.SharedVolumes = append(params.SharedVolumes, v.Path)
+		}
+	}
+	raw, err := json.Marshal(params)
+	if err != nil {
+		return catalog.Job{}, err
+	}
+	j, err := s.cat.CreateJob(ctx, catalog.Job{Kind: catalog.KindRecovery, VMName: pt.Name, TargetNodeID: n.ID, Params: raw})
+	if err != nil {
+		return j, err
+	}
+	s.notify.broadcast()
+	return j, nil
+}
+
+// handlePreflight is POST /recoveries/preflight: the verdict, before
+// anything runs.
+func (s *Server) handlePreflight(w http.ResponseWriter, r *http.Request) {
+	var req api.RecoveryRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	n, pt, refused, ok := s.checkRecovery(w, r, &req)
+	if !ok {
+		return
+	}
+	if refused != nil {
+		writeJSON(w, http.StatusOK, refused)
+		return
+	}
+	j, err := s.recoveryJob(r.Context(), n, pt, req, true)
+	if err != nil {
+		s.catalogError(w, r, err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), preflightTimeout)
+	defer cancel()
+	j, err = s.waitJob(ctx, j.ID)
+	if err != nil {
+		// Nobody will want this preflight's answer any more.
+		s.cat.CancelJob(context.WithoutCancel(r.Context()), j.ID)
+		if r.Context().Err() != nil {
+			return
+		}
+		plan := &api.RecoveryPlan{Method: req.Method, Point: req.Point, VM: pt.Name, Node: n.Name, Dir: req.Dir, Checks: []api.RecoveryCheck{}}
+		plan.Refuse(codeHostUnreachable, fmt.Sprintf("the agent of node %s did not answer the preflight within %s (job %d)", n.Name, preflightTimeout, j.ID),
+			"check the node's agent (Overview page); a busy agent runs at most a few jobs at once")
+		writeJSON(w, http.StatusOK, plan)
+		return
+	}
+	var res api.RecoveryResult
+	if j.State != catalog.JobSucceeded || json.Unmarshal(j.Result, &res) != nil || res.Plan.Method == "" {
+		plan := &api.RecoveryPlan{Method: req.Method, Point: req.Point, VM: pt.Name, Node: n.Name, Dir: req.Dir, Checks: []api.RecoveryCheck{}}
+		plan.Refuse(codePointUnusable, fmt.Sprintf("the preflight on node %s failed: %s", n.Name, j.Error), "see job "+fmt.Sprint(j.ID)+"'s log")
+		writeJSON(w, http.StatusOK, plan)
+		return
+	}
+	if res.Plan.Checks == nil {
+		res.Plan.Checks = []api.RecoveryCheck{}
+	}
+	writeJSON(w, http.StatusOK, res.Plan)
+}
+
+// handleRecover is POST /recoveries: queue the recovery; the agent checks
+// again before it writes, and fails the job with the refusal's code.
+func (s *Server) handleRecover(w http.ResponseWriter, r *http.Request) {
+	var req api.RecoveryRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	n, pt, refused, ok := s.checkRecovery(w, r, &req)
+	if !ok {
+		return
+	}
+	if refused != nil {
+		writeJSON(w, http.StatusConflict, struct {
+			api.Error
+			Plan *api.RecoveryPlan `json:"plan"`
+		}{api.Error{Error: refused.Code + ": " + refused.Message + "; " + refused.Advice, Code: refused.Code}, refused})
+		return
+	}
+	j, err := s.recoveryJob(r.Context(), n, pt, req, false)
+	if err != nil {
+		s.catalogError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, j)
+}
+
+// waitJob polls a job until it is done or ctx ends.
+func (s *Server) waitJob(ctx context.Context, id int64) (catalog.Job, error) {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		j, err := s.cat.GetJob(ctx, id)
+		if err != nil {
+			return catalog.Job{ID: id}, err
+		}
+		if j.Done() {
+			return j, nil
+		}
+		select {
+		case <-ctx.Done():
+			return j, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
