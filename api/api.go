@@ -355,7 +355,7 @@ func CheckAbsPath(what, p string) error {
 // when the job runs.
 type RecoveryRequest struct {
 	// Method is original (overwrite the VM in place), vm (as a VM on a
-	// host) or folder (copy to a folder).
+	// host), folder (copy to a folder) or tape (copy to tape).
 	Method string `json:"method"`
 	Point  string `json:"point"`
 	// Node is the agent (node name or ID) that runs the recovery: the
@@ -372,6 +372,9 @@ type RecoveryRequest struct {
 	DiscardSavedState bool   `json:"discard_saved_state,omitempty"`
 	// Chain is "" (the method's default), "keep" or "merge".
 	Chain string `json:"chain,omitempty"`
+	// Library is the tape library's folder on the server (method tape,
+	// which the server runs itself: it holds the repository).
+	Library string `json:"library,omitempty"`
 }
 
 // RecoveryCheck is one preflight check.
@@ -474,4 +477,31 @@ func (p *RecoveryPlan) Refuse(code, message, advice string) {
 // Check records one check's outcome.
 func (p *RecoveryPlan) Check(name string, ok bool, detail string) {
 	p.Checks = append(p.Checks, RecoveryCheck{Name: name, OK: ok, Detail: detail})
+}
+
+// TapeWriteParams are a tape job's params (POST /api/v1/jobs with kind
+// "tape"): copy a point from the server's repository to a tape library
+// the server reaches (a virtual library's folder), and record the
+// cartridges and where the point is on them in the tape catalog.
+type TapeWriteParams struct {
+	Point   string `json:"point"`
+	Library string `json:"library"`
+	// Overwrite reuses cartridges that hold data; Plaintext allows
+	// copying an encrypted repository's chunks (tapes hold plaintext).
+	Overwrite bool `json:"overwrite,omitempty"`
+	Plaintext bool `json:"plaintext,omitempty"`
+}
+
+// GroupUpdate is PATCH /api/v1/groups/{group}: the settings given change,
+// the others stay. Members, when given, replace the group's members (VMs
+// left out are no longer protected by it; their points stay).
+type GroupUpdate struct {
+	FullTimes       *[]string `json:"full_times,omitempty"`
+	TimeZone        *string   `json:"time_zone,omitempty"`
+	Incremental     *string   `json:"incremental,omitempty"`
+	RetentionDays   *int      `json:"retention_days,omitempty"`
+	RetentionCount  *int      `json:"retention_count,omitempty"`
+	OfflineFallback *bool     `json:"offline_fallback,omitempty"`
+	VerifyBoot      *bool     `json:"verify_boot,omitempty"`
+	Members         *[]string `json:"members,omitempty"`
 }

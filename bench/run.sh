@@ -137,15 +137,20 @@ for run in $(seq 1 "$RUNS"); do
 	record restic_repo "$(size_of "$W/restic")"
 	full_point=$(point_of lb_full)
 
-	# Restores of the full point.
+	# Restores of the full point; each starts with no dirty data of the
+	# steps before it (writing it out is not the restore's work).
+	sync
 	measure lb_restore "$LB" restore --repo "$W/lb" --point "$full_point" --to "$W/out-lb"
+	sync
 	measure restic_restore restic --repo "$W/restic" restore latest --target "$W/out-restic" "${restic_restore_flags[@]}"
 	# The physical bound: a plain sparse copy of the raw image (no
 	# repository, no decompression, no hashing), with and without the
 	# fsync that lifeboat's restore does before it reports success.
 	mkdir -p "$W/out-cp"
+	sync
 	measure cp_restore cp --sparse=always "$SRC" "$W/out-cp/disk.img"
 	rm -f "$W/out-cp/disk.img"
+	sync
 	measure cp_sync_restore sh -c 'cp --sparse=always "$1" "$2" && sync -f "$2"' cp "$SRC" "$W/out-cp/disk.img"
 	rm -rf "$W/out-cp"
 	if [ "$run" = 1 ]; then

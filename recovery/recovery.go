@@ -95,6 +95,9 @@ const (
 	CodeHAResourceExists = "LB-40010"
 	// CodeVMNotFound: the VM a command names does not exist.
 	CodeVMNotFound = "LB-40011"
+	// CodeTapePlaintext: a copy to tape of an encrypted repository's point
+	// was not allowed to hold the data in plaintext.
+	CodeTapePlaintext = "LB-40012"
 )
 
 // PreflightError is a refusal: the request cannot be carried out, and

@@ -624,8 +624,23 @@ func (s *Server) handleCreateJob(w http.ResponseWriter, r *http.Request) {
 			fail(w, http.StatusBadRequest, "bad_request", "prune needs a group or a policy that keeps something")
 			return
 		}
+	case catalog.KindTape:
+		var p api.TapeWriteParams
+		if !strict(&p) {
+			return
+		}
+		if err := checkTapeParams(p); err != nil {
+			fail(w, http.StatusBadRequest, "bad_request", err.Error())
+			return
+		}
+		pt, err := s.cat.GetPoint(r.Context(), p.Point)
+		if err != nil {
+			s.catalogError(w, r, err)
+			return
+		}
+		j.VMName = pt.Name
 	default:
-		fail(w, http.StatusBadRequest, "bad_request", "kind must be verify, prune or gc (backups: POST /api/v1/backups; restores: POST /api/v1/restores)")
+		fail(w, http.StatusBadRequest, "bad_request", "kind must be verify, prune, gc or tape (backups: POST /api/v1/backups; recoveries: POST /api/v1/recoveries)")
 		return
 	}
 	j, err := s.cat.CreateJob(r.Context(), j)

@@ -57,6 +57,8 @@ func (s *Server) Handler() http.Handler {
 	admin("POST "+p+"/groups", s.handleCreateGroup)
 	admin("GET "+p+"/groups/{group}", s.handleGetGroup)
 	admin("POST "+p+"/groups/{group}/members", s.handleAddMembers)
+	admin("PATCH "+p+"/groups/{group}", s.handleUpdateGroup)
+	admin("DELETE "+p+"/groups/{group}/members/{vm}", s.handleRemoveMember)
 	admin("POST "+p+"/groups/{group}/run", s.handleRunGroup)
 	admin("POST "+p+"/protect", s.handleProtect)
 	admin("GET "+p+"/jobs", s.handleListJobs)

@@ -33,8 +33,9 @@ const (
 )
 
 // recoveryMethods are the methods the API runs (instant recovery and
-// rebuild stay CLI operations on a host).
-var recoveryMethods = map[string]bool{"original": true, "vm": true, "folder": true}
+// rebuild stay CLI operations on a host). Tape runs on the server, the
+// others on an agent.
+var recoveryMethods = map[string]bool{"original": true, "vm": true, "folder": true, "tape": true}
 
 // checkRecovery validates a request and resolves its node. On failure it
 // has answered: 4xx for a malformed request, or (refusal non-nil) a plan
@@ -43,8 +44,20 @@ func (s *Server) checkRecovery(w http.ResponseWriter, r *http.Request, req *api.
 	var n catalog.Node
 	var pt catalog.Point
 	if !recoveryMethods[req.Method] {
-		fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("method %q: use original, vm or folder", req.Method))
+		fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("method %q: use original, vm, folder or tape", req.Method))
 		return n, pt, nil, false
+	}
+	if req.Method == "tape" {
+		if err := checkTapeParams(api.TapeWriteParams{Point: req.Point, Library: req.Library}); err != nil {
+			fail(w, http.StatusBadRequest, "bad_request", err.Error())
+			return n, pt, nil, false
+		}
+		var err error
+		if pt, err = s.cat.GetPoint(r.Context(), req.Point); err != nil {
+			s.catalogError(w, r, err)
+			return n, pt, nil, false
+		}
+		return n, pt, s.tapePreflight(r.Context(), *req, pt), true
 	}
 	if !repo.ValidPointID(req.Point) {
 		fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("point %q is not a point ID", req.Point))
@@ -189,7 +202,7 @@ func (s *Server) handlePreflight(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if refused != nil {
+	if refused != nil || req.Method == "tape" {
 		writeJSON(w, http.StatusOK, refused)
 		return
 	}
@@ -237,14 +250,22 @@ func (s *Server) handleRecover(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if refused != nil {
+	if refused != nil && !refused.OK {
 		writeJSON(w, http.StatusConflict, struct {
 			api.Error
 			Plan *api.RecoveryPlan `json:"plan"`
 		}{api.Error{Error: refused.Code + ": " + refused.Message + "; " + refused.Advice, Code: refused.Code}, refused})
 		return
 	}
-	j, err := s.recoveryJob(r.Context(), n, pt, req, false)
+	var j catalog.Job
+	var err error
+	if req.Method == "tape" {
+		params, _ := json.Marshal(api.TapeWriteParams{Point: req.Point, Library: req.Library})
+		j, err = s.cat.CreateJob(r.Context(), catalog.Job{Kind: catalog.KindTape, VMName: pt.Name, Params: params})
+		s.notify.broadcast()
+	} else {
+		j, err = s.recoveryJob(r.Context(), n, pt, req, false)
+	}
 	if err != nil {
 		s.catalogError(w, r, err)
 		return

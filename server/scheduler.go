@@ -327,6 +327,10 @@ func (s *Server) runServerJob(ctx context.Context, j catalog.Job) {
 		var p api.PruneParams
 		json.Unmarshal(j.Params, &p)
 		result, err = s.prune(ctx, j, p)
+	case catalog.KindTape:
+		var p api.TapeWriteParams
+		json.Unmarshal(j.Params, &p)
+		result, err = s.writeTape(ctx, p)
 	default:
 		err = fmt.Errorf("the server does not run %s jobs", j.Kind)
 	}

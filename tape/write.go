@@ -94,6 +94,14 @@ func WritePoints(ctx context.Context, r *repo.Repository, points []*repo.Point, 
 				queue = append(queue, c.Barcode)
 			}
 		}
+		if opts.Overwrite {
+			// Blank cartridges first; then, as asked, those that hold data.
+			for _, c := range inv {
+				if !c.Blank && !c.Loaded {
+					queue = append(queue, c.Barcode)
+				}
+			}
+		}
 		if len(queue) == 0 {
 			return nil, fmt.Errorf("tape write: %w: the library has no blank cartridge", ErrNoCartridge)
 		}

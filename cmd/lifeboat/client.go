@@ -322,8 +322,8 @@ func cmdClusterVolume(ctx context.Context, e *env, args []string) error {
 // ---- groups ----------------------------------------------------------------------
 
 func cmdGroup(ctx context.Context, e *env, args []string) error {
-	fn, rest, err := sub(e, args, "lifeboat group create|add|list|run …", map[string]func(context.Context, *env, []string) error{
-		"create": cmdGroupCreate, "add": cmdGroupAdd, "list": cmdGroupList, "run": cmdGroupRun,
+	fn, rest, err := sub(e, args, "lifeboat group create|add|set|remove|list|run …", map[string]func(context.Context, *env, []string) error{
+		"create": cmdGroupCreate, "add": cmdGroupAdd, "set": cmdGroupSet, "remove": cmdGroupRemove, "list": cmdGroupList, "run": cmdGroupRun,
 	})
 	if err != nil {
 		return err
@@ -571,9 +571,9 @@ func cmdJobCancel(ctx context.Context, e *env, args []string) error {
 // ---- points, VMs, alerts -----------------------------------------------------------
 
 func cmdPoint(ctx context.Context, e *env, args []string) error {
-	fn, rest, err := sub(e, args, "lifeboat point list [--name VM] [--group G] | show ID | restore ID --node NODE --to DIR | recover ID --method M [--node NODE] [--to DIR] [--dry-run] | items ID [PATH] | download ID PATH --out FILE.tar | verify-boot ID [--node NODE] [--check CMD] [--wait]", map[string]func(context.Context, *env, []string) error{
+	fn, rest, err := sub(e, args, "lifeboat point list [--name VM] [--group G] | show ID | restore ID --node NODE --to DIR | recover ID --method M [--node NODE] [--to DIR] [--dry-run] | items ID [PATH] | download ID PATH --out FILE.tar | verify-boot ID [--node NODE] [--check CMD] [--wait] | tape ID --library DIR", map[string]func(context.Context, *env, []string) error{
 		"list": cmdPointList, "restore": cmdPointRestore, "recover": cmdPointRecover, "items": cmdPointItems, "download": cmdPointDownload,
-		"show": cmdPointShow, "verify-boot": cmdPointVerifyBoot,
+		"show": cmdPointShow, "verify-boot": cmdPointVerifyBoot, "tape": cmdPointTape,
 	})
 	if err != nil {
 		return err

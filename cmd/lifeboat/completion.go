@@ -44,10 +44,10 @@ func subcommands() map[string][]string {
 		"token":          {"create", "list"},
 		"cluster":        {"create", "list", "volume"},
 		"cluster volume": {"add", "list"},
-		"group":          {"create", "add", "list", "run"},
+		"group":          {"create", "add", "set", "remove", "list", "run"},
 		"vm":             {"list", "rebuild", "make-ha"},
 		"job":            {"list", "show", "cancel"},
-		"point":          {"list", "show", "restore", "recover", "items", "download", "verify-boot"},
+		"point":          {"list", "show", "restore", "recover", "items", "download", "verify-boot", "tape"},
 		"alert":          {"list", "ack"},
 		"completion":     {"bash", "zsh", "fish"},
 	}

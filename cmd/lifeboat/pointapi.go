@@ -85,25 +85,10 @@ func cmdPointRecover(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stdout, "queued recovery job %d on %s\n", j.ID, plan.Node)
 		return nil
 	}
-	bar := newProgress(e, "recover "+req.Point)
-	var d api.JobDetail
-	for {
-		if err := cf.quiet(ctx, e, http.MethodGet, api.Prefix+"/jobs/"+strconv.FormatInt(j.ID, 10), nil, &d); err != nil {
-			bar.done()
-			return err
-		}
-		bar.update(int64(d.Progress*1000), 1000)
-		if d.Done() {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			bar.done()
-			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
-		}
+	d, err := waitJobAPI(ctx, e, &cf, j.ID, "recover "+req.Point)
+	if err != nil {
+		return err
 	}
-	bar.done()
 	if cf.json {
 		writeJSONOut(e, map[string]any{"plan": plan, "job": d})
 	} else if d.State == catalog.JobSucceeded {
@@ -270,3 +255,74 @@ func (f *clientFlags) quiet(ctx context.Context, e *env, method, path string, in
 }
 
 func writeJSONOut(e *env, v any) error { return json.NewEncoder(e.stdout).Encode(v) }
+
+// cmdPointTape is `lifeboat point tape ID --library DIR`: copy a point to
+// tape through the server (recovery method 4), which records the
+// cartridges in its tape catalog.
+func cmdPointTape(ctx context.Context, e *env, args []string) error {
+	fs := flag.NewFlagSet("point tape", flag.ContinueOnError)
+	var cf clientFlags
+	cf.register(fs)
+	var p api.TapeWriteParams
+	fs.StringVar(&p.Library, "library", "", "the tape library's folder on the server (made by `lifeboat tape library-create`)")
+	fs.BoolVar(&p.Overwrite, "overwrite", false, "reuse cartridges that hold data")
+	fs.BoolVar(&p.Plaintext, "plaintext", false, "allow copying an encrypted repository's data to tape in plaintext")
+	wait := fs.Bool("wait", true, "wait for the job to finish")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 || p.Library == "" {
+		return usagef("usage: lifeboat point tape ID --library DIR [--overwrite] [--plaintext]")
+	}
+	p.Point = pos[0]
+	params, err := json.Marshal(p)
+	if err != nil {
+		return err
+	}
+	var j catalog.Job
+	if err := cf.quiet(ctx, e, http.MethodPost, api.Prefix+"/jobs", api.JobRequest{Kind: catalog.KindTape, Params: params}, &j); err != nil {
+		return err
+	}
+	if !*wait {
+		if cf.json {
+			return writeJSONOut(e, j)
+		}
+		fmt.Fprintf(e.stdout, "queued tape job %d\n", j.ID)
+		return nil
+	}
+	d, err := waitJobAPI(ctx, e, &cf, j.ID, "tape write "+p.Point)
+	if err != nil {
+		return err
+	}
+	if cf.json {
+		writeJSONOut(e, d)
+	} else if d.State == catalog.JobSucceeded {
+		fmt.Fprintf(e.stdout, "tape job %d wrote point %s to %s\n", d.ID, p.Point, p.Library)
+	}
+	if d.State != catalog.JobSucceeded {
+		return fmt.Errorf("tape job %d %s: %s", d.ID, d.State, d.Error)
+	}
+	return nil
+}
+
+// waitJobAPI polls a job until it is done, with a progress bar.
+func waitJobAPI(ctx context.Context, e *env, cf *clientFlags, id int64, label string) (api.JobDetail, error) {
+	bar := newProgress(e, label)
+	defer bar.done()
+	var d api.JobDetail
+	for {
+		if err := cf.quiet(ctx, e, http.MethodGet, api.Prefix+"/jobs/"+strconv.FormatInt(id, 10), nil, &d); err != nil {
+			return d, err
+		}
+		bar.update(int64(d.Progress*1000), 1000)
+		if d.Done() {
+			return d, nil
+		}
+		select {
+		case <-ctx.Done():
+			return d, ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+}

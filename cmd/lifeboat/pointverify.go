@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 
@@ -51,19 +50,9 @@ func cmdPointVerifyBoot(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stdout, "queued verify-boot job %d of point %s\n", j.ID, id)
 		return nil
 	}
-	var d api.JobDetail
-	for {
-		if err := cf.quiet(ctx, e, http.MethodGet, api.Prefix+"/jobs/"+strconv.FormatInt(j.ID, 10), nil, &d); err != nil {
-			return err
-		}
-		if d.Done() {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
-		}
+	d, err := waitJobAPI(ctx, e, &cf, j.ID, "verify-boot "+id)
+	if err != nil {
+		return err
 	}
 	var p api.PointDetail
 	if err := cf.quiet(ctx, e, http.MethodGet, api.Prefix+"/points/"+api.Q(id), nil, &p); err != nil {

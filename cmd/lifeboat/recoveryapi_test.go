@@ -189,4 +189,69 @@ func TestServerRecoveryAPI(t *testing.T) {
 	if _, err := items(url.Values{"disk": {"../config"}}); api.StatusOf(err) != 404 {
 		t.Errorf("disk outside the point: %v", err)
 	}
+
+	// Copy to tape through the server: the point spans two cartridges,
+	// the server's tape catalog says where it is, and the tapes alone
+	// give the disk back.
+	lib := filepath.Join(root, "library")
+	lbJSON(t, env, nil, "tape", "library-create", "--library", lib)
+	for _, bc := range []string{"LBA001L8", "LBA002L8"} {
+		lbJSON(t, env, nil, "tape", "add", "--library", lib, "--barcode", bc, "--capacity", "8388608")
+	}
+	// Method 4 through the recovery API: the server's preflight, then
+	// the job; a second copy finds no blank cartridge left and is refused
+	// before anything is written; the CLI overwrites them on request.
+	if p := preflight(api.RecoveryRequest{Method: "tape", Point: pid, Library: filepath.Join(root, "no-library")}); p.OK || p.Code != "LB-40005" {
+		t.Errorf("tape preflight without a library: %+v", p)
+	}
+	tapeReq := api.RecoveryRequest{Method: "tape", Point: pid, Library: lib}
+	if p := preflight(tapeReq); !p.OK || p.Node != "server" || len(p.Disks) != 1 {
+		t.Fatalf("tape preflight: %+v", p)
+	}
+	var tjob catalog.Job
+	if _, err := c.Do(ctx, "POST", api.Prefix+"/recoveries", tapeReq, &tjob); err != nil || tjob.Kind != catalog.KindTape {
+		t.Fatalf("tape recovery: %+v %v", tjob, err)
+	}
+	waitUntil(t, "the tape job", 60*time.Second, func() bool {
+		var d api.JobDetail
+		c.Do(ctx, "GET", api.Prefix+"/jobs/"+itoa(tjob.ID), nil, &d)
+		if d.State == catalog.JobFailed {
+			t.Fatalf("tape job: %s", d.Error)
+		}
+		return d.State == catalog.JobSucceeded
+	})
+	if p := preflight(tapeReq); p.OK || p.Code != "LB-40007" {
+		t.Errorf("second tape copy without blank cartridges: %+v", p)
+	}
+	var tj api.JobDetail
+	lbJSON(t, env, &tj, "point", "tape", pid, "--library", lib, "--overwrite")
+	if tj.State != catalog.JobSucceeded {
+		t.Fatalf("tape job: %+v", tj)
+	}
+	var carts []struct {
+		catalog.Cartridge
+		Segments []catalog.TapeSegment `json:"segments"`
+	}
+	if _, err := c.Do(ctx, "GET", api.Prefix+"/tapes", nil, &carts); err != nil {
+		t.Fatal(err)
+	}
+	onTape := map[string]bool{}
+	for _, ct := range carts {
+		for _, sg := range ct.Segments {
+			if sg.PointID == pid && ct.Library == lib {
+				onTape[ct.Barcode] = true
+			}
+		}
+	}
+	if len(onTape) != 2 {
+		t.Fatalf("the tape catalog puts point %s on %v, want both cartridges (%+v)", pid, onTape, carts)
+	}
+	fromTape := filepath.Join(root, "from-tape")
+	lbJSON(t, nil, nil, "tape", "restore", "--library", lib, "--point", pid, "--to", fromTape)
+	if got, err := os.ReadFile(filepath.Join(fromTape, "disk.raw")); err != nil || !bytes.Equal(got, raw) {
+		t.Fatalf("disk restored from tape differs from the source (%v)", err)
+	}
+	if _, err := c.Do(ctx, "POST", api.Prefix+"/jobs", api.JobRequest{Kind: "tape", Params: []byte(`{"point":"` + pid + `","library":"rel/lib"}`)}, nil); api.StatusOf(err) != 400 {
+		t.Errorf("tape job with a relative library: %v", err)
+	}
 }

@@ -132,6 +132,8 @@ func (c *Console) routes() {
 	m.Handle("POST /protection/new", c.auth(c.createGroup))
 	m.Handle("GET /protection/{group}", c.auth(c.groupPage))
 	m.Handle("POST /protection/{group}/members", c.auth(c.addMembers))
+	m.Handle("POST /protection/{group}/members/{vm}/remove", c.auth(c.removeMember))
+	m.Handle("POST /protection/{group}/settings", c.auth(c.groupSettings))
 	m.Handle("POST /protection/{group}/run", c.auth(c.runGroup))
 	m.Handle("POST /backup", c.auth(c.backupNow))
 	m.Handle("GET /recovery", c.auth(c.recovery))

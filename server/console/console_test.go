@@ -278,6 +278,23 @@ func TestConsoleRefusesWithoutLogin(t *testing.T) {
 	if _, err := e.admin.Do(context.Background(), "GET", api.Prefix+"/groups", nil, &groups); err != nil || len(groups) != 1 || groups[0].Name != "real" {
 		t.Fatalf("groups after the real POST: %+v (%v)", groups, err)
 	}
+	// Its settings form edits the group; a forged one does not.
+	settings := url.Values{"full": {"02:00, 14:00"}, "time_zone": {"UTC"}, "incremental": {"30m"}, "retention_days": {"7"},
+		"retention_count": {"2"}, "verify_boot": {"on"}}
+	if a := e.send(b, "POST", "/protection/real/settings", withCSRF(settings, "x"+csrf[1:]), map[string]string{"Origin": e.url}); a.status != http.StatusForbidden {
+		t.Errorf("forged settings POST: %d", a.status)
+	}
+	if a := e.send(b, "POST", "/protection/real/settings", withCSRF(settings, csrf), map[string]string{"Origin": e.url}); a.status != http.StatusSeeOther {
+		t.Errorf("settings POST: %d %s", a.status, a.body)
+	}
+	var g api.Group
+	if _, err := e.admin.Do(context.Background(), "GET", api.Prefix+"/groups/real", nil, &g); err != nil || g.Incremental != "30m0s" ||
+		strings.Join(g.FullTimes, ",") != "02:00,14:00" || g.RetentionDays != 7 || g.RetentionCount != 2 || !g.VerifyBoot || g.OfflineFallback == nil || *g.OfflineFallback {
+		t.Errorf("group after the settings form: %+v (%v)", g, err)
+	}
+	if page := e.send(b, "GET", "/protection/real", nil, nil); !strings.Contains(page.body, `value="02:00,14:00"`) || !strings.Contains(page.body, "Settings of real saved") {
+		t.Errorf("group page after saving: %d\n%s", page.status, page.body)
+	}
 	// Logging out ends the session for pages and the script's calls.
 	if a := e.send(b, "POST", "/logout", url.Values{"csrf": {csrf}}, map[string]string{"Origin": e.url}); a.status != http.StatusSeeOther {
 		t.Errorf("logout: %d", a.status)

@@ -369,6 +369,58 @@ func (c *Console) addMembers(w http.ResponseWriter, r *http.Request, s *session)
 	http.Redirect(w, r, "/protection/"+url.PathEscape(name), http.StatusSeeOther)
 }
 
+func (c *Console) removeMember(w http.ResponseWriter, r *http.Request, s *session) {
+	name, vm := r.PathValue("group"), r.PathValue("vm")
+	if err := c.call(r, s, http.MethodDelete, api.Prefix+"/groups/"+url.PathEscape(name)+"/members/"+url.PathEscape(vm), nil, nil); err != nil {
+		c.setFlash(s, "bad", "Not removed: "+errText(err))
+	} else {
+		c.setFlash(s, "ok", fmt.Sprintf("%s is no longer protected by %s; its points stay.", vm, name))
+	}
+	http.Redirect(w, r, "/protection/"+url.PathEscape(name), http.StatusSeeOther)
+}
+
+// groupSettings saves the settings form: every field is sent, so the
+// group ends up exactly as the form shows it.
+func (c *Console) groupSettings(w http.ResponseWriter, r *http.Request, s *session) {
+	name := r.PathValue("group")
+	f := r.PostForm
+	var u api.GroupUpdate
+	full := []string{}
+	for _, t := range strings.Split(f.Get("full"), ",") {
+		if t = strings.TrimSpace(t); t != "" {
+			full = append(full, t)
+		}
+	}
+	tz, inc := strings.TrimSpace(f.Get("time_zone")), strings.TrimSpace(f.Get("incremental"))
+	u.FullTimes, u.TimeZone, u.Incremental = &full, &tz, &inc
+	for key, dst := range map[string]**int{"retention_days": &u.RetentionDays, "retention_count": &u.RetentionCount} {
+		n, err := strconv.Atoi(firstNonEmpty(strings.TrimSpace(f.Get(key)), "0"))
+		if err != nil || n < 0 {
+			c.setFlash(s, "bad", fmt.Sprintf("Not saved: %s must be a whole number.", strings.ReplaceAll(key, "_", " ")))
+			http.Redirect(w, r, "/protection/"+url.PathEscape(name), http.StatusSeeOther)
+			return
+		}
+		*dst = &n
+	}
+	off, vb := f.Get("offline_fallback") == "on", f.Get("verify_boot") == "on"
+	u.OfflineFallback, u.VerifyBoot = &off, &vb
+	if err := c.call(r, s, http.MethodPatch, api.Prefix+"/groups/"+url.PathEscape(name), u, nil); err != nil {
+		c.setFlash(s, "bad", "Not saved: "+errText(err))
+	} else {
+		c.setFlash(s, "ok", "Settings of "+name+" saved.")
+	}
+	http.Redirect(w, r, "/protection/"+url.PathEscape(name), http.StatusSeeOther)
+}
+
+func firstNonEmpty(a ...string) string {
+	for _, s := range a {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
+}
+
 func (c *Console) runGroup(w http.ResponseWriter, r *http.Request, s *session) {
 	name := r.PathValue("group")
 	var rr api.RunResponse

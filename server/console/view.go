@@ -35,7 +35,8 @@ func parsePages() (map[string]*template.Template, error) {
 			}
 			return human(b.Sub(a))
 		},
-		"join": strings.Join,
+		"join":  strings.Join,
+		"deref": func(b *bool) bool { return b != nil && *b },
 		// every turns a Go duration ("1h0m0s") into words ("1 h").
 		"every": func(s string) string {
 			d, err := time.ParseDuration(s)

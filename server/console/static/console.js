@@ -128,7 +128,7 @@
     const request = () => {
       const f = new FormData(form);
       const r = { method: f.get("method"), point: form.dataset.point };
-      for (const k of ["node", "dir", "name", "chain"]) {
+      for (const k of ["node", "dir", "name", "chain", "library"]) {
         const v = (f.get(k) || "").trim();
         const field = form.querySelector('[name="' + k + '"]');
         if (v && !field.closest("label").hidden) r[k] = v;
@@ -170,7 +170,7 @@
       const box = el("div", { class: "verdict " + (plan.ok ? "ok" : "bad"), "data-ok": String(!!plan.ok), "data-code": plan.code || "" });
       if (plan.ok) {
         box.append(el("h3", null, "✔ Ready: the preflight found nothing in the way"));
-        const what = { original: "Recovery of the original instance", vm: "Recovery as a VM", folder: "Copy to a folder" }[plan.method] || plan.method;
+        const what = { original: "Recovery of the original instance", vm: "Recovery as a VM", folder: "Copy to a folder", tape: "Copy to tape" }[plan.method] || plan.method;
         box.append(el("p", null, `${what}: ${plan.vm || ""} on ${plan.node}` + (plan.dir ? ` into ${plan.dir}` : "") + ". Press Start recovery to run it."));
       } else {
         box.append(el("h3", null, "✘ Refused" + (plan.code ? " · " + plan.code : "")));
