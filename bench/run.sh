@@ -6,7 +6,7 @@
 # Builds lifeboat and bench/mkimage, installs restic and GNU time with
 # apt-get when missing, builds the 4 GiB test image (cached under
 # $BENCH_DIR/img, rebuilt when mkimage changes), then for each of BENCH_RUNS
-# runs (hot page cache):
+# runs (hot page cache for backups; restores start from a cold cache):
 #   full backup     lifeboat (BLAKE3 repo), lifeboat (SHA-256 repo), restic
 #   restore         lifeboat restore of the full point, restic restore latest,
 #                   and cp --sparse=always of the raw image (the physical bound)
@@ -101,6 +101,11 @@ measure() {
 	echo "$label $run $(( (t1 - t0) / 1000000 )) $rss $cpu" >>"$RES"
 	log "$label: $(awk -v ms=$(( (t1 - t0) / 1000000 )) -v c=$cpu 'BEGIN{printf "%.2f s wall, %.2f s CPU", ms/1000, c/1000}'), $((rss / 1024)) MiB"
 }
+# cold: restores are measured as they happen in practice, long after the
+# backup: nothing of the repository (or, for cp, of the source) in the
+# page cache, and no dirty data of earlier steps to write out. Without
+# root the caches stay and only the dirty data is written.
+cold() { sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true; }
 record() { echo "$1 $run $2 0 0" >>"$RES"; } # record LABEL VALUE (a size)
 size_of() { du -sb "$1" | cut -f1; }
 point_of() { sed -n 's/.*"point":"\([^"]*\)".*/\1/p' "$BENCH_DIR/log/$1.$run.out"; }
@@ -137,22 +142,22 @@ for run in $(seq 1 "$RUNS"); do
 	record restic_repo "$(size_of "$W/restic")"
 	full_point=$(point_of lb_full)
 
-	# Restores of the full point; each starts with no dirty data of the
-	# steps before it (writing it out is not the restore's work).
-	sync
+	# Restores of the full point, each from a cold cache (see cold).
+	cold
 	measure lb_restore "$LB" restore --repo "$W/lb" --point "$full_point" --to "$W/out-lb"
-	sync
+	cold
 	measure restic_restore restic --repo "$W/restic" restore latest --target "$W/out-restic" "${restic_restore_flags[@]}"
 	# The physical bound: a plain sparse copy of the raw image (no
 	# repository, no decompression, no hashing), with and without the
 	# fsync that lifeboat's restore does before it reports success.
 	mkdir -p "$W/out-cp"
-	sync
+	cold
 	measure cp_restore cp --sparse=always "$SRC" "$W/out-cp/disk.img"
 	rm -f "$W/out-cp/disk.img"
-	sync
+	cold
 	measure cp_sync_restore sh -c 'cp --sparse=always "$1" "$2" && sync -f "$2"' cp "$SRC" "$W/out-cp/disk.img"
 	rm -rf "$W/out-cp"
+	cat "$SRC" >/dev/null # backups are measured with a hot cache again
 	if [ "$run" = 1 ]; then
 		log "checking restored images against the source"
 		cmp "$BASE" "$W/out-lb/disk.img" || die "lifeboat restore differs from the source"
