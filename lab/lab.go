@@ -15,7 +15,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -76,12 +75,14 @@ func Dir() string {
 }
 
 var (
-	mu       sync.Mutex
-	upped    bool
-	upErr    error
-	upLab    *Lab
-	upScript string
-	users    *os.File // shared lock on $LAB/.users while this process uses the lab
+	mu    sync.Mutex
+	upped bool
+	upErr error
+	upLab *Lab
+	// component runs lab.sh; it holds a shared lock on $LAB/.users while
+	// this process uses the lab.
+	component = &Component{Script: "lab/lab.sh", Dir: Dir, Env: []string{"LIFEBOAT_LAB_BY_TESTS=1"}}
+	root      string
 )
 
 // startedMarker, present in the lab folder, says test binaries brought the
@@ -116,31 +117,15 @@ func Start(t testing.TB) *Lab {
 	return upLab
 }
 
-func up(root string) (*Lab, error) {
-	upScript = filepath.Join(root, "lab", "lab.sh")
-	if err := os.MkdirAll(Dir(), 0o755); err != nil {
-		return nil, err
-	}
-	f, err := os.OpenFile(filepath.Join(Dir(), ".users"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	if err := lockShared(f); err != nil {
-		f.Close()
-		return nil, err
-	}
-	users = f
+func up(repoRoot string) (*Lab, error) {
+	root = repoRoot
 	return runUp()
 }
 
 // runUp runs lab.sh up and loads the lab's description.
 func runUp() (*Lab, error) {
-	var out bytes.Buffer
-	cmd := exec.Command("bash", upScript, "up")
-	cmd.Env = append(os.Environ(), "LIFEBOAT_LAB_BY_TESTS=1")
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("lab.sh up: %v\n%s", err, out.String())
+	if err := component.Up(root); err != nil {
+		return nil, err
 	}
 	return Load()
 }
@@ -177,23 +162,4 @@ func Load() (*Lab, error) {
 // Stop ends this process's use of the lab. When test binaries brought the
 // lab up and no other one still uses it, it takes the lab down. Call it
 // from TestMain after m.Run.
-func Stop() error {
-	mu.Lock()
-	defer mu.Unlock()
-	if users == nil {
-		return nil
-	}
-	defer func() { users.Close(); users = nil }()
-	if !tryLockExclusive(users) {
-		return nil // another test binary still uses the lab
-	}
-	marker := filepath.Join(Dir(), startedMarker)
-	if _, err := os.Stat(marker); err != nil {
-		return nil // someone else brought it up: leave it
-	}
-	out, err := exec.Command("bash", upScript, "down").CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("lab.sh down: %v\n%s", err, out)
-	}
-	return nil
-}
+func Stop() error { return component.Release() }

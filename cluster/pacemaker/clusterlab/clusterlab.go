@@ -54,12 +54,11 @@ type Cluster struct {
 }
 
 var (
-	mu     sync.Mutex
-	upped  bool
-	upErr  error
-	up     *Cluster
-	script string
-	users  *os.File
+	mu        sync.Mutex
+	upped     bool
+	upErr     error
+	up        *Cluster
+	component = &lab.Component{Script: "lab/cluster.sh", Dir: Dir, Env: []string{"LIFEBOAT_HA_BY_TESTS=1", "LIFEBOAT_LAB_BY_TESTS=1"}}
 )
 
 // Dir is $LAB/hacluster.
@@ -84,31 +83,14 @@ func Start(t testing.TB) *Cluster {
 }
 
 func start(root string, l *lab.Lab) (*Cluster, error) {
-	script = filepath.Join(root, "lab", "cluster.sh")
-	if err := os.MkdirAll(Dir(), 0o755); err != nil {
+	if err := component.Up(root); err != nil {
 		return nil, err
-	}
-	f, err := os.OpenFile(filepath.Join(Dir(), ".users"), os.O_CREATE|os.O_RDWR, 0o644)
-	if err != nil {
-		return nil, err
-	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH); err != nil {
-		f.Close()
-		return nil, err
-	}
-	users = f
-	var out bytes.Buffer
-	cmd := exec.Command("bash", script, "up")
-	cmd.Env = append(os.Environ(), "LIFEBOAT_HA_BY_TESTS=1", "LIFEBOAT_LAB_BY_TESTS=1")
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Run(); err != nil {
-		return nil, fmt.Errorf("cluster.sh up: %v\n%s", err, out.String())
 	}
 	c, err := Load()
 	if err != nil {
 		return nil, err
 	}
-	c.Lab, c.script = l, script
+	c.Lab, c.script = l, filepath.Join(root, component.Script)
 	return c, nil
 }
 
@@ -312,41 +294,8 @@ func (c *Cluster) Spec(id, configPath string) cluster.VirtualDomainSpec {
 
 // LogLines returns the lines of node n's pacemaker log that contain s (the
 // agents' output is only there).
-func (c *Cluster) LogLines(n, s string, max int) string {
-	b, err := os.ReadFile(c.logs[n])
-	if err != nil {
-		return err.Error()
-	}
-	var hits []string
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, s) {
-			hits = append(hits, l)
-		}
-	}
-	if len(hits) > max {
-		hits = hits[len(hits)-max:]
-	}
-	return strings.Join(hits, "\n")
-}
+func (c *Cluster) LogLines(n, s string, max int) string { return lab.GrepLines(c.logs[n], s, max) }
 
 // Stop ends this process's use of the cluster; when test binaries brought
 // it up and no other one still uses it, it takes the cluster down.
-func Stop() error {
-	mu.Lock()
-	defer mu.Unlock()
-	if users == nil {
-		return nil
-	}
-	defer func() { users.Close(); users = nil }()
-	if syscall.Flock(int(users.Fd()), syscall.LOCK_EX|syscall.LOCK_NB) != nil {
-		return nil // another test binary still uses it
-	}
-	if _, err := os.Stat(filepath.Join(Dir(), ".started-by-tests")); err != nil {
-		return nil // brought up by hand: leave it
-	}
-	out, err := exec.Command("bash", script, "down").CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("cluster.sh down: %v\n%s", err, out)
-	}
-	return nil
-}
+func Stop() error { return component.Release() }
