@@ -4,11 +4,14 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
 	"os/signal"
+	"path/filepath"
 	"strconv"
 	"syscall"
 	"time"
@@ -25,8 +28,16 @@ func newThawGuard() libvirt.ThawGuardFunc {
 		if err != nil {
 			return nil, fmt.Errorf("start thaw guard: %w", err)
 		}
+		// One guard per VM at a time: the lock passes to the guard (the
+		// same open file), so it is held until both this backup has
+		// released it and the guard has exited.
+		lock, err := lockThawGuard(uri, vm, guardLockWait)
+		if err != nil {
+			return nil, err
+		}
 		r, w, err := os.Pipe()
 		if err != nil {
+			lock.Close()
 			return nil, fmt.Errorf("start thaw guard: %w", err)
 		}
 		// Not CommandContext: the guard is for when this process and its
@@ -39,10 +50,12 @@ func newThawGuard() libvirt.ThawGuardFunc {
 		if guardStderrOK() {
 			cmd.Stderr = os.Stderr
 		}
+		cmd.ExtraFiles = []*os.File{lock}
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 		if err := cmd.Start(); err != nil {
 			r.Close()
 			w.Close()
+			lock.Close()
 			return nil, fmt.Errorf("start thaw guard: %w", err)
 		}
 		r.Close()
@@ -65,6 +78,7 @@ func newThawGuard() libvirt.ThawGuardFunc {
 				case <-time.After(guardReleaseWait):
 				}
 			}
+			lock.Close()
 		}, nil
 	}
 }
@@ -87,3 +101,33 @@ func guardStderrOK() bool {
 }
 
 func ignoreStopSignals() { signal.Ignore(syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP) }
+
+// guardLockWait is how long a backup waits for an earlier backup's thaw
+// guard of the same VM to finish (it thaws within seconds of its backup's
+// death) before it backs up without freezing.
+const guardLockWait = 10 * time.Second
+
+// lockThawGuard takes the per-VM thaw-guard lock, waiting up to wait.
+func lockThawGuard(uri, vm string, wait time.Duration) (*os.File, error) {
+	sum := sha256.Sum256([]byte(uri + "\x00" + vm))
+	path := filepath.Join(os.TempDir(), "lifeboat-thaw-"+hex.EncodeToString(sum[:8])+".lock")
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("thaw guard lock: %w", err)
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			return f, nil
+		}
+		if err != syscall.EWOULDBLOCK || time.Now().After(deadline) {
+			f.Close()
+			if err == syscall.EWOULDBLOCK {
+				return nil, fmt.Errorf("VM %s: %w (lock %s)", vm, libvirt.ErrGuardBusy, path)
+			}
+			return nil, fmt.Errorf("thaw guard lock %s: %w", path, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -530,6 +530,10 @@ func (d *Driver) freeze(ctx context.Context, dom golibvirt.Domain) *guestFreeze 
 	}
 	if d.thawGuard != nil {
 		release, err := d.thawGuard(ctx, d.uri, dom.Name, d.freezeTimeout)
+		if errors.Is(err, ErrGuardBusy) {
+			f.notes = append(f.notes, fmt.Sprintf("not frozen: %v (an earlier backup died while the guest was frozen): crash-consistent", err))
+			return f
+		}
 		if err != nil {
 			f.notes = append(f.notes, fmt.Sprintf("no thaw guard (%v): if this process dies while the guest is frozen, the guest stays frozen until its next backup", err))
 		} else {

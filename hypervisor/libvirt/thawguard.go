@@ -21,6 +21,12 @@ import (
 // guard must outlive it.
 type ThawGuardFunc func(ctx context.Context, uri, vm string, freezeTimeout time.Duration) (release func(thawed bool), err error)
 
+// ErrGuardBusy is what a ThawGuardFunc returns when a thaw guard of an
+// earlier backup of the same VM still runs (its backup died while the guest
+// was frozen): that guard would thaw a new freeze too, so the backup does
+// not freeze the guest and says so.
+var ErrGuardBusy = errors.New("an earlier backup's thaw guard still watches this VM")
+
 // ThawGuardDone is what a backup writes to its guard's pipe when it has
 // thawed the guest itself; closing the pipe without it asks for a thaw.
 const ThawGuardDone = "done\n"
