@@ -595,3 +595,33 @@ func (c *Catalog) ForgetCartridgeContents(ctx context.Context, cartridgeID int64
 	})
 	return n, wrap(err, "forget contents of cartridge %d", cartridgeID)
 }
+
+// PointName summarizes the points of one VM name: how many, and the
+// newest's time. Recovery pickers list every name that has points, also
+// of VMs that no host reports any more.
+type PointName struct {
+	Name   string    `json:"name"`
+	Points int64     `json:"points"`
+	Newest time.Time `json:"newest"`
+}
+
+// PointNames lists the VM names that have points, by name, counted in the
+// database (one row per name, whatever the number of points).
+func (c *Catalog) PointNames(ctx context.Context) ([]PointName, error) {
+	rows, err := c.query(ctx, `SELECT name, COUNT(*), MAX(taken_at) FROM points GROUP BY name ORDER BY name`)
+	if err != nil {
+		return nil, wrap(err, "list point names")
+	}
+	defer rows.Close()
+	var out []PointName
+	for rows.Next() {
+		var p PointName
+		var newest int64
+		if err := rows.Scan(&p.Name, &p.Points, &newest); err != nil {
+			return nil, wrap(err, "list point names")
+		}
+		p.Newest = time.Unix(0, newest).UTC()
+		out = append(out, p)
+	}
+	return out, wrap(rows.Err(), "list point names")
+}

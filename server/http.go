@@ -26,10 +26,27 @@ const nodeKey ctxKey = 1
 
 // Handler is the whole API.
 func (s *Server) Handler() http.Handler {
+	mux, _ := s.routes()
+	return mux
+}
+
+// AdminRoutes lists the patterns ("METHOD /path/{param}") of every
+// endpoint that needs the admin token, so tests can check each one refuses
+// a caller without it, including endpoints added later.
+func (s *Server) AdminRoutes() []string {
+	_, admins := s.routes()
+	return admins
+}
+
+func (s *Server) routes() (http.Handler, []string) {
 	mux := http.NewServeMux()
 	p := api.Prefix
+	var admins []string
 	open := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, h) }
-	admin := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, s.requireAdmin(h)) }
+	admin := func(pattern string, h http.HandlerFunc) {
+		admins = append(admins, pattern)
+		mux.Handle(pattern, s.requireAdmin(h))
+	}
 	agent := func(pattern string, h http.HandlerFunc) { mux.Handle(pattern, s.requireAgent(h)) }
 
 	open("GET "+p+"/health", func(w http.ResponseWriter, r *http.Request) {
@@ -72,6 +89,7 @@ func (s *Server) Handler() http.Handler {
 	admin("GET "+p+"/points/{id}/items", s.handleItems)
 	admin("GET "+p+"/points/{id}/items/download", s.handleItemsDownload)
 	admin("GET "+p+"/points", s.handleListPoints)
+	admin("GET "+p+"/point-names", s.handlePointNames)
 	admin("GET "+p+"/points/{id}", s.handleGetPoint)
 	admin("POST "+p+"/points/{id}/verify-boot", s.handleVerifyBoot)
 	admin("GET "+p+"/alerts", s.handleListAlerts)
@@ -101,7 +119,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("/", s.consoleHandler(mux, func(w http.ResponseWriter, r *http.Request) {
 		fail(w, http.StatusNotFound, "not_found", fmt.Sprintf("no endpoint %s %s", r.Method, r.URL.Path))
 	}))
-	return s.recoverer(s.logRequests(mux))
+	return s.recoverer(s.logRequests(mux)), admins
 }
 
 // ---- middleware --------------------------------------------------------------

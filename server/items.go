@@ -257,3 +257,15 @@ func (s *Server) itemError(w http.ResponseWriter, r *http.Request, err error) {
 		fail(w, http.StatusUnprocessableEntity, "unreadable", err.Error())
 	}
 }
+
+// handlePointNames is GET /point-names: every VM name that has points,
+// with their count and the newest's time (recovery pickers, also of VMs
+// no host reports any more), counted by the catalog.
+func (s *Server) handlePointNames(w http.ResponseWriter, r *http.Request) {
+	ns, err := s.cat.PointNames(r.Context())
+	if err != nil {
+		s.catalogError(w, r, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, nonNil(ns))
+}

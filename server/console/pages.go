@@ -516,9 +516,9 @@ func (c *Console) recovery(w http.ResponseWriter, r *http.Request, s *session) {
 	q := r.URL.Query()
 	f := &fetcher{c: c, r: r, s: s}
 	var vms []catalog.VMStatus
-	var all []catalog.Point
+	var names []catalog.PointName
 	f.get(api.Prefix+"/vms", &vms)
-	f.get(api.Prefix+"/points?limit=100000", &all)
+	f.get(api.Prefix+"/point-names", &names)
 	if unauthorized(f.err) {
 		c.expired(w, r)
 		return
@@ -529,13 +529,13 @@ func (c *Console) recovery(w http.ResponseWriter, r *http.Request, s *session) {
 	for _, v := range vms {
 		choices[v.Name] = &vmChoice{Name: v.Name, State: v.State, Owner: v.OwnerName}
 	}
-	for _, p := range all {
-		ch := choices[p.Name]
+	for _, n := range names {
+		ch := choices[n.Name]
 		if ch == nil {
-			ch = &vmChoice{Name: p.Name, Deleted: true, State: "not on any host"}
-			choices[p.Name] = ch
+			ch = &vmChoice{Name: n.Name, Deleted: true, State: "not on any host"}
+			choices[n.Name] = ch
 		}
-		ch.Points++
+		ch.Points = int(n.Points)
 	}
 	search := strings.TrimSpace(q.Get("q"))
 	var list []vmChoice
@@ -557,20 +557,15 @@ func (c *Console) recovery(w http.ResponseWriter, r *http.Request, s *session) {
 		vm = list[0].Name
 	}
 	if id := q.Get("point"); vm == "" && id != "" {
-		for _, p := range all {
-			if p.ID == id {
-				vm = p.Name
-			}
+		var p catalog.Point
+		if f.get(api.Prefix+"/points/"+url.PathEscape(id), &p) {
+			vm = p.Name
 		}
 	}
 	if ch := choices[vm]; ch != nil {
 		data["VM"] = ch
 		var pts []catalog.Point
-		for _, p := range all {
-			if p.Name == vm {
-				pts = append(pts, p)
-			}
-		}
+		f.get(api.Prefix+"/points?limit=100000&name="+url.QueryEscape(vm), &pts)
 		sort.Slice(pts, func(i, j int) bool { return pts[i].Time.After(pts[j].Time) })
 		counts := map[string]int{}
 		for _, p := range pts {
