@@ -153,6 +153,9 @@ func (s *Server) limits() catalog.Limits {
 	if s.cfg.MaxRecoveries > 0 {
 		lim.PerKind[catalog.KindRecovery] = s.cfg.MaxRecoveries
 	}
+	if s.cfg.MaxVerifyBoots > 0 {
+		lim.PerKind[catalog.KindVerifyBoot] = s.cfg.MaxVerifyBoots
+	}
 	return lim
 }
 

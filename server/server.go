@@ -59,8 +59,10 @@ type Config struct {
 
 	// PerVolume and PerNode cap backups at once per shared volume and per
 	// node (default 1 each; negative: no limit); MaxRecoveries caps
-	// recoveries at once (default 8).
-	PerVolume, PerNode, MaxRecoveries int
+	// recoveries at once (default 8); MaxVerifyBoots caps verify-boot
+	// jobs at once (default 2: each boots a throwaway guest, under TCG a
+	// core's worth of work).
+	PerVolume, PerNode, MaxRecoveries, MaxVerifyBoots int
 	// Tick is how often the scheduler runs (default 10s).
 	Tick time.Duration
 	// ManualSchedule leaves scheduling rounds to the caller
@@ -138,6 +140,9 @@ func Open(ctx context.Context, cfg Config) (*Server, error) {
 	}
 	if cfg.MaxRecoveries == 0 {
 		cfg.MaxRecoveries = 8
+	}
+	if cfg.MaxVerifyBoots == 0 {
+		cfg.MaxVerifyBoots = 2
 	}
 	if cfg.Tick <= 0 {
 		cfg.Tick = 10 * time.Second

@@ -69,6 +69,7 @@ func cmdServer(ctx context.Context, e *env, args []string) error {
 	perVolume := fs.Int("per-volume", 1, "backups at once per shared volume (-1: no limit)")
 	perHost := fs.Int("per-host", 1, "backups at once per host (-1: no limit)")
 	maxRec := fs.Int("max-recoveries", 8, "recoveries at once")
+	maxVB := fs.Int("max-verify-boots", 2, "verify-boot jobs at once (each boots a throwaway guest)")
 	tick := fs.Duration("tick", 10*time.Second, "how often the scheduler looks for due backups")
 	heartbeat := fs.Duration("heartbeat", 30*time.Second, "heartbeat interval told to agents")
 	speed := fs.Float64("clock-speed", 1, "run the scheduler's clock this many times faster (tests and demos)")
@@ -95,7 +96,7 @@ func cmdServer(ctx context.Context, e *env, args []string) error {
 	}
 	cfg := server.Config{
 		DataDir: dataDir(e, *data), DB: *db, RepoDir: *repoDir, Password: pw, AdoptRepo: *adopt, Names: names,
-		PerVolume: *perVolume, PerNode: *perHost, MaxRecoveries: *maxRec, Tick: *tick, HeartbeatInterval: *heartbeat,
+		PerVolume: *perVolume, PerNode: *perHost, MaxRecoveries: *maxRec, MaxVerifyBoots: *maxVB, Tick: *tick, HeartbeatInterval: *heartbeat,
 		Version: version, Log: log,
 	}
 	if *speed != 1 {
