@@ -53,30 +53,8 @@ ndir() { echo "$CL/$1"; }
 
 # ---------------------------------------------------------------- packages
 
-install_packages() {
-	local missing=() p
-	for p in "${PACKAGES[@]}"; do
-		if [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) != "install ok installed" ]]; then
-			missing+=("$p")
-		fi
-	done
-	((${#missing[@]} == 0)) && return 0
-	log "installing ${missing[*]}"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	# policy-rc.d exit 101 keeps the packages from starting the machine's
-	# own corosync and pacemaker; an existing one is left alone.
-	local policy=/usr/sbin/policy-rc.d ours=""
-	if [[ ! -e $policy ]]; then
-		printf '#!/bin/sh\nexit 101\n' >"$policy"
-		chmod 755 "$policy"
-		ours=1
-	fi
-	local rc=0
-	apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
-	[[ -n $ours ]] && rm -f "$policy"
-	((rc == 0)) || die "apt-get install ${missing[*]} failed"
-}
+# shellcheck source=packages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/packages.sh"
 
 # ------------------------------------------------------------------ helpers
 

@@ -34,30 +34,8 @@ node_user() { echo "lv$1"; } # node1 -> lvnode1
 
 # ---------------------------------------------------------------- packages
 
-install_packages() {
-	local missing=() p
-	for p in "${PACKAGES[@]}"; do
-		if [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) != "install ok installed" ]]; then
-			missing+=("$p")
-		fi
-	done
-	((${#missing[@]} == 0)) && return 0
-	log "installing ${missing[*]}"
-	export DEBIAN_FRONTEND=noninteractive
-	apt-get update -qq
-	# Keep the packages from starting the machine's own libvirtd (the lab
-	# runs its daemons itself): policy-rc.d exit 101 forbids service starts.
-	local policy=/usr/sbin/policy-rc.d ours=""
-	if [[ ! -e $policy ]]; then
-		printf '#!/bin/sh\nexit 101\n' >"$policy"
-		chmod 755 "$policy"
-		ours=1
-	fi
-	local rc=0
-	apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null || rc=$?
-	[[ -n $ours ]] && rm -f "$policy"
-	((rc == 0)) || die "apt-get install ${missing[*]} failed"
-}
+# shellcheck source=packages.sh
+source "$(dirname "${BASH_SOURCE[0]}")/packages.sh"
 
 ensure_users() {
 	if ! getent passwd libvirt-qemu >/dev/null; then

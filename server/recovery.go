@@ -97,6 +97,8 @@ func (s *Server) checkRecovery(w http.ResponseWriter, r *http.Request, req *api.
 		return n, pt, nil, false
 	}
 	plan := &api.RecoveryPlan{Method: req.Method, Point: req.Point, VM: pt.Name, Dir: req.Dir, Checks: []api.RecoveryCheck{}}
+	// advice for a node whose agent is not ready depends on who chose it.
+	advice := "recover to a host whose agent is enrolled and sends heartbeats (see the Overview page or `lifeboat cluster`)"
 	if req.Node == "" {
 		if req.Method != "original" {
 			fail(w, http.StatusBadRequest, "bad_request", fmt.Sprintf("method %s needs node: the host that receives the files (one with an enrolled agent)", req.Method))
@@ -113,21 +115,17 @@ func (s *Server) checkRecovery(w http.ResponseWriter, r *http.Request, req *api.
 				"the VM's cluster resource no longer exists; recover it as a VM on a host instead (method 2), choosing its original host")
 			return n, pt, plan, true
 		}
-	} else if n, ok := s.nodeRef(w, r, req.Node); !ok {
-		return n, pt, nil, false
+		advice = "bring the node's agent back, or recover as a VM on another host (method 2)"
 	} else {
-		plan.Node = n.Name
-		if bad := s.nodeUnready(n); bad != "" {
-			plan.Check("agent", false, bad)
-			plan.Refuse(codeHostUnreachable, bad, "recover to a host whose agent is enrolled and sends heartbeats (see the Overview page or `lifeboat cluster`)")
-			return n, pt, plan, true
+		var ok bool
+		if n, ok = s.nodeRef(w, r, req.Node); !ok {
+			return n, pt, nil, false
 		}
-		return n, pt, nil, true
 	}
 	plan.Node = n.Name
 	if bad := s.nodeUnready(n); bad != "" {
 		plan.Check("agent", false, bad)
-		plan.Refuse(codeHostUnreachable, bad, "bring the node's agent back, or recover as a VM on another host (method 2)")
+		plan.Refuse(codeHostUnreachable, bad, advice)
 		return n, pt, plan, true
 	}
 	return n, pt, nil, true
