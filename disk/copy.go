@@ -26,6 +26,14 @@ type ConcurrentWriter interface {
 	ConcurrentWrites() bool
 }
 
+// Readaheader is implemented by sources that can fetch ahead of a copy
+// that announces its ranges (a repository file): reading then overlaps
+// writing instead of alternating with it. stop is called when the copy
+// ends, before its context does.
+type Readaheader interface {
+	Readahead(ctx context.Context, ranges []Extent) (stop func())
+}
+
 // Copy writes the given ranges of src into dst at the same offsets: Data
 // ranges with src's bytes, Zero ranges with zeros (so a differencing layer
 // hides its parent there), Unallocated ranges not at all.
@@ -62,6 +70,10 @@ func Copy(ctx context.Context, dst io.WriterAt, src io.ReaderAt, ranges []Extent
 	queue := make(chan *job, readers+2) // in write order
 	work := make(chan *job, readers+2)
 	g, gctx := errgroup.WithContext(ctx)
+	if ra, ok := src.(Readaheader); ok {
+		stop := ra.Readahead(gctx, ranges)
+		defer stop()
+	}
 	g.Go(func() error {
 		defer close(queue)
 		defer close(work)

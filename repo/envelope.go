@@ -60,12 +60,15 @@ type codec struct {
 
 func newCodec(k *keys, hashName string) (*codec, error) {
 	// One encoder per core: EncodeAll calls beyond the concurrency queue
-	// for a free encoder, and every backup worker compresses.
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)))
+	// for a free encoder, and every backup worker compresses. Frames carry
+	// no xxhash of their own: a chunk's ID is the hash of its plaintext, and
+	// other objects have a SHA-256 trailer or GCM tag, so it would only be
+	// a second check of the same bytes.
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithEncoderCRC(false))
 	if err != nil {
 		return nil, err
 	}
-	encBetter, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)))
+	encBetter, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedDefault), zstd.WithEncoderConcurrency(runtime.GOMAXPROCS(0)), zstd.WithEncoderCRC(false))
 	if err != nil {
 		return nil, err
 	}
@@ -205,6 +208,12 @@ var ErrCorrupt = errors.New("corrupt object")
 
 // open checks and decodes an envelope of the given type.
 func (c *codec) open(typ byte, key string, obj []byte) ([]byte, error) {
+	return c.openTo(nil, typ, key, obj)
+}
+
+// openTo is open that decompresses into dst's storage when it has room.
+// Uncompressed payloads are returned as they lie in obj.
+func (c *codec) openTo(dst []byte, typ byte, key string, obj []byte) ([]byte, error) {
 	if len(obj) < envHeaderLen || obj[0] != envMagic0 || obj[1] != envMagic1 || obj[2] != envVersion {
 		return nil, fmt.Errorf("%s: bad envelope header: %w", key, ErrCorrupt)
 	}
@@ -247,7 +256,7 @@ func (c *codec) open(typ byte, key string, obj []byte) ([]byte, error) {
 		payload = payload[:len(payload)-32]
 	}
 	if flags&flagZstd != 0 {
-		p, err := c.dec.DecodeAll(payload, nil)
+		p, err := c.dec.DecodeAll(payload, dst[:0])
 		if err != nil {
 			return nil, fmt.Errorf("%s: decompress: %v: %w", key, err, ErrCorrupt)
 		}

@@ -23,6 +23,7 @@ type FileImage struct {
 	mu    sync.Mutex
 	cache map[int64][]byte // slot → plaintext, a few recent ones
 	order []int64
+	ahead *readahead // set while a copy announced its ranges
 }
 
 // cacheSlots bounds the decoded chunks a FileImage holds.
@@ -147,43 +148,54 @@ func (m *FileImage) readParent(dst []byte, off int64) error {
 func (m *FileImage) readSlots(dst []byte, off int64) error {
 	cs := m.x.ChunkSize
 	first, last := off/cs, (off+int64(len(dst))-1)/cs
-	loaded := make([][]byte, last-first+1)
 	if last > first {
 		// A read spanning several chunks (a restore's 4 MiB pieces) loads
 		// them at once: their reads from storage overlap, which is what a
 		// cold repository or a remote backend waits on.
 		var g errgroup.Group
 		for s := first; s <= last; s++ {
-			if !m.x.Slots[s].Hole {
-				g.Go(func() (err error) { loaded[s-first], err = m.slot(s); return err })
-			}
+			lo, hi := max(off, s*cs), min(off+int64(len(dst)), (s+1)*cs)
+			g.Go(func() error { return m.readSlot(dst[lo-off:hi-off], s, lo-s*cs) })
 		}
-		if err := g.Wait(); err != nil {
-			return err
-		}
+		return g.Wait()
 	}
-	for len(dst) > 0 {
-		s := off / cs
-		in := off - s*cs
-		k := min(int64(len(dst)), cs-in)
-		if m.x.Slots[s].Hole {
-			clear(dst[:k])
-		} else {
-			data := loaded[s-first]
-			if data == nil {
-				var err error
-				if data, err = m.slot(s); err != nil {
-					return err
-				}
-			}
-			if in+k > int64(len(data)) {
-				return fmt.Errorf("slot %d: chunk %s holds %d bytes, need %d: %w", s, m.x.Slots[s].ID, len(data), in+k, ErrCorrupt)
-			}
-			copy(dst[:k], data[in:in+k])
-		}
-		dst = dst[k:]
-		off += k
+	return m.readSlot(dst, first, off-first*cs)
+}
+
+// readSlot fills dst from slot s, starting at byte in of the chunk.
+func (m *FileImage) readSlot(dst []byte, s, in int64) error {
+	if m.x.Slots[s].Hole {
+		clear(dst)
+		return nil
 	}
+	k := int64(len(dst))
+	if in == 0 && k == m.x.ChunkSize && m.ahead != nil {
+		// A whole chunk read during a copy: decode straight into dst,
+		// bypassing the cache (a copy reads each chunk once).
+		obj, err := m.ahead.take(m.ctx, s, m.x.Slots[s].ID)
+		if err != nil {
+			return fmt.Errorf("offset %d: %w", s*m.x.ChunkSize, err)
+		}
+		plain, err := m.r.decodeChunk(m.x.Slots[s].ID, obj, dst[:0:k])
+		if err != nil {
+			return fmt.Errorf("offset %d: %w", s*m.x.ChunkSize, err)
+		}
+		if int64(len(plain)) != k {
+			return fmt.Errorf("slot %d: chunk %s holds %d bytes, want %d: %w", s, m.x.Slots[s].ID, len(plain), k, ErrCorrupt)
+		}
+		if &plain[0] != &dst[0] {
+			copy(dst, plain) // stored uncompressed
+		}
+		return nil
+	}
+	data, err := m.slot(s)
+	if err != nil {
+		return err
+	}
+	if in+k > int64(len(data)) {
+		return fmt.Errorf("slot %d: chunk %s holds %d bytes, need %d: %w", s, m.x.Slots[s].ID, len(data), in+k, ErrCorrupt)
+	}
+	copy(dst, data[in:in+k])
 	return nil
 }
 
@@ -194,7 +206,16 @@ func (m *FileImage) slot(s int64) ([]byte, error) {
 		return d, nil
 	}
 	m.mu.Unlock()
-	d, err := m.r.LoadChunk(m.ctx, m.x.Slots[s].ID)
+	var d []byte
+	var err error
+	if m.ahead != nil {
+		var obj []byte
+		if obj, err = m.ahead.take(m.ctx, s, m.x.Slots[s].ID); err == nil {
+			d, err = m.r.decodeChunk(m.x.Slots[s].ID, obj, nil)
+		}
+	} else {
+		d, err = m.r.LoadChunk(m.ctx, m.x.Slots[s].ID)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("offset %d: %w", s*m.x.ChunkSize, err)
 	}
@@ -209,4 +230,124 @@ func (m *FileImage) slot(s int64) ([]byte, error) {
 	}
 	m.mu.Unlock()
 	return d, nil
+}
+
+// Readahead tuning: how many stored objects may wait fetched but not yet
+// consumed, and how many fetches run at once. 32 objects of at most a
+// chunk each bound the memory; 16 fetches keep a cold disk's queue full.
+const (
+	aheadWindow = 32
+	aheadFetch  = 16
+)
+
+// Readahead implements disk.Readaheader: a copy announces the ranges it is
+// about to read, in order, and the stored objects behind them are fetched
+// ahead of it by a few goroutines of their own. Reading then no longer
+// waits for the copy's writes, so storage stays busy: on a cold disk a
+// restore otherwise alternates between reading and writing. Only this
+// layer's own slots are fetched ahead; parents read as before. stop ends
+// the fetching and must be called before the copy's context ends.
+func (m *FileImage) Readahead(ctx context.Context, ranges []disk.Extent) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	a := &readahead{r: m.r, pending: map[int64]*fetch{}, window: make(chan struct{}, aheadWindow)}
+	m.ahead = a
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.run(ctx, m.x, ranges)
+	}()
+	return func() {
+		cancel()
+		<-done
+		m.ahead = nil
+	}
+}
+
+type readahead struct {
+	r      *Repository
+	window chan struct{} // a token per fetched, unconsumed object
+
+	mu      sync.Mutex
+	pending map[int64]*fetch // slot → its fetch, until taken
+	claimed map[int64]bool   // slots a reader got to first
+}
+
+type fetch struct {
+	done chan struct{}
+	obj  []byte
+	err  error
+}
+
+func (a *readahead) run(ctx context.Context, x *Index, ranges []disk.Extent) {
+	cs := x.ChunkSize
+	sem := make(chan struct{}, aheadFetch)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	last := int64(-1)
+	for _, e := range ranges {
+		if e.Kind != disk.Data {
+			continue
+		}
+		for s := max(e.Offset/cs, last+1); s*cs < e.End() && s < int64(len(x.Slots)); s++ {
+			last = s
+			if x.Slots[s].Hole {
+				continue
+			}
+			select {
+			case a.window <- struct{}{}:
+			case <-ctx.Done():
+				return
+			}
+			a.mu.Lock()
+			if a.claimed[s] {
+				delete(a.claimed, s)
+				a.mu.Unlock()
+				<-a.window
+				continue
+			}
+			f := &fetch{done: make(chan struct{})}
+			a.pending[s] = f
+			a.mu.Unlock()
+			select {
+			case sem <- struct{}{}:
+			case <-ctx.Done():
+				f.err = ctx.Err()
+				close(f.done)
+				return
+			}
+			wg.Add(1)
+			go func(id ID) {
+				defer wg.Done()
+				f.obj, f.err = a.r.fetchChunk(ctx, id)
+				close(f.done)
+				<-sem
+			}(x.Slots[s].ID)
+		}
+	}
+}
+
+// take returns slot s's stored object: the one fetched ahead, or, when the
+// reader is ahead of the fetching (or reads a slot twice), its own fetch.
+func (a *readahead) take(ctx context.Context, s int64, id ID) ([]byte, error) {
+	a.mu.Lock()
+	f, ok := a.pending[s]
+	if ok {
+		delete(a.pending, s)
+	} else {
+		if a.claimed == nil {
+			a.claimed = map[int64]bool{}
+		}
+		a.claimed[s] = true
+	}
+	a.mu.Unlock()
+	if !ok {
+		return a.r.fetchChunk(ctx, id)
+	}
+	select {
+	case <-f.done:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	<-a.window
+	return f.obj, f.err
 }

@@ -85,12 +85,29 @@ func (r *Repository) remember(id ID) {
 // does not match its ID is an error wrapping ErrCorrupt: a restore fails
 // loudly rather than write wrong bytes.
 func (r *Repository) LoadChunk(ctx context.Context, id ID) ([]byte, error) {
-	key := chunkKey(id)
-	obj, err := r.b.Get(ctx, key)
+	obj, err := r.fetchChunk(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return r.decodeChunk(id, obj, nil)
+}
+
+// fetchChunk reads a chunk's stored object without decoding it: readahead
+// keeps storage busy with these while decoding runs elsewhere.
+func (r *Repository) fetchChunk(ctx context.Context, id ID) ([]byte, error) {
+	obj, err := r.b.Get(ctx, chunkKey(id))
 	if err != nil {
 		return nil, fmt.Errorf("load chunk %s: %w", id, err)
 	}
-	plain, err := r.codec.open(typeChunk, key, obj)
+	return obj, nil
+}
+
+// decodeChunk opens a fetched chunk object and re-hashes its content,
+// decompressing into dst's storage when it is large enough (a restore's
+// piece buffer: no copy afterwards).
+func (r *Repository) decodeChunk(id ID, obj, dst []byte) ([]byte, error) {
+	key := chunkKey(id)
+	plain, err := r.codec.openTo(dst, typeChunk, key, obj)
 	if err != nil {
 		return nil, fmt.Errorf("load chunk: %w", err)
 	}

@@ -248,16 +248,7 @@ func TestVerifyNamesAffectedPoints(t *testing.T) {
 	if err != nil || !rep.OK || rep.Chunks != 4 {
 		t.Fatalf("clean verify: %+v %v", rep, err)
 	}
-	sharedKey := filepath.Join(dir, filepath.FromSlash(chunkKey(r.codec.sum(shared))))
-	data, err := os.ReadFile(sharedKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	data[len(data)/2] ^= 0x01
-	os.Chmod(sharedKey, 0o600)
-	if err := os.WriteFile(sharedKey, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	sharedKey := flipChunkByte(t, r, dir, shared)
 	rep, err = r.Verify(ctx, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -279,6 +270,23 @@ func TestVerifyNamesAffectedPoints(t *testing.T) {
 	if rep.OK || !strings.Contains(rep.Problems[0].Error, "missing") {
 		t.Fatalf("verify after removal: %+v", rep)
 	}
+}
+
+// flipChunkByte corrupts the stored object of the chunk holding plain and
+// returns its path.
+func flipChunkByte(t *testing.T, r *Repository, dir string, plain []byte) string {
+	t.Helper()
+	key := filepath.Join(dir, filepath.FromSlash(chunkKey(r.codec.sum(plain))))
+	data, err := os.ReadFile(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0x01
+	os.Chmod(key, 0o600)
+	if err := os.WriteFile(key, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return key
 }
 
 func TestPrunePlan(t *testing.T) {
