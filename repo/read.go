@@ -6,6 +6,7 @@ import (
 	"golang.org/x/sync/errgroup"
 	"io"
 	"sync"
+	"sync/atomic"
 
 	"lifeboat/disk"
 )
@@ -23,7 +24,9 @@ type FileImage struct {
 	mu    sync.Mutex
 	cache map[int64][]byte // slot → plaintext, a few recent ones
 	order []int64
-	ahead *readahead // set while a copy announced its ranges
+	// ahead is set while a copy announced its ranges. Other readers of
+	// the same FileImage (none today) would share its fetched objects.
+	ahead atomic.Pointer[readahead]
 }
 
 // cacheSlots bounds the decoded chunks a FileImage holds.
@@ -169,10 +172,10 @@ func (m *FileImage) readSlot(dst []byte, s, in int64) error {
 		return nil
 	}
 	k := int64(len(dst))
-	if in == 0 && k == m.x.ChunkSize && m.ahead != nil {
+	if a := m.ahead.Load(); in == 0 && k == m.x.ChunkSize && a != nil {
 		// A whole chunk read during a copy: decode straight into dst,
 		// bypassing the cache (a copy reads each chunk once).
-		obj, err := m.ahead.take(m.ctx, s, m.x.Slots[s].ID)
+		obj, err := a.take(m.ctx, s, m.x.Slots[s].ID)
 		if err != nil {
 			return fmt.Errorf("offset %d: %w", s*m.x.ChunkSize, err)
 		}
@@ -208,9 +211,9 @@ func (m *FileImage) slot(s int64) ([]byte, error) {
 	m.mu.Unlock()
 	var d []byte
 	var err error
-	if m.ahead != nil {
+	if a := m.ahead.Load(); a != nil {
 		var obj []byte
-		if obj, err = m.ahead.take(m.ctx, s, m.x.Slots[s].ID); err == nil {
+		if obj, err = a.take(m.ctx, s, m.x.Slots[s].ID); err == nil {
 			d, err = m.r.decodeChunk(m.x.Slots[s].ID, obj, nil)
 		}
 	} else {
@@ -250,7 +253,7 @@ const (
 func (m *FileImage) Readahead(ctx context.Context, ranges []disk.Extent) (stop func()) {
 	ctx, cancel := context.WithCancel(ctx)
 	a := &readahead{r: m.r, pending: map[int64]*fetch{}, window: make(chan struct{}, aheadWindow)}
-	m.ahead = a
+	m.ahead.Store(a)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -259,7 +262,7 @@ func (m *FileImage) Readahead(ctx context.Context, ranges []disk.Extent) (stop f
 	return func() {
 		cancel()
 		<-done
-		m.ahead = nil
+		m.ahead.Store(nil)
 	}
 }
 

@@ -110,7 +110,7 @@ func TestCopyWithReadahead(t *testing.T) {
 					}
 				}
 			}
-			if fi.ahead != nil {
+			if fi.ahead.Load() != nil {
 				t.Error("readahead still set after the copy")
 			}
 		})
