@@ -98,6 +98,10 @@ const (
 	// CodeTapePlaintext: a copy to tape of an encrypted repository's point
 	// was not allowed to hold the data in plaintext.
 	CodeTapePlaintext = "LB-40012"
+	// CodeVMBusy: an in-place recovery (method 1) was asked while a backup
+	// of the same VM, or another in-place recovery of it, runs: it would
+	// overwrite the disks that job reads or writes.
+	CodeVMBusy = "LB-40013"
 )
 
 // PreflightError is a refusal: the request cannot be carried out, and

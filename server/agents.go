@@ -185,6 +185,12 @@ func (s *Server) handleNextJob(w http.ResponseWriter, r *http.Request) {
 		}
 		j, err := s.cat.ClaimNext(r.Context(), n.ID, s.limits())
 		if err == nil {
+			if deferred, err := s.deferConflict(r.Context(), j); err != nil {
+				s.catalogError(w, r, err)
+				return
+			} else if deferred {
+				continue
+			}
 			s.log.Info("job claimed", "job", j.ID, "kind", j.Kind, "vm", j.VMName, "node", n.Name, "volume", j.VolumeID)
 			writeJSON(w, http.StatusOK, j)
 			return
@@ -204,6 +210,22 @@ func (s *Server) handleNextJob(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+}
+
+// deferConflict puts a job just claimed back in the queue when it would
+// collide with a running job on the same VM (claimConflict), to be tried
+// again after three heartbeat intervals.
+func (s *Server) deferConflict(ctx context.Context, j catalog.Job) (bool, error) {
+	why, err := s.claimConflict(ctx, j)
+	if err != nil || why == "" {
+		return false, err
+	}
+	retry := 3 * s.cfg.HeartbeatInterval
+	if err := s.cat.DeferJob(ctx, j.ID, time.Now().Add(retry), why); err != nil {
+		return false, err
+	}
+	s.log.Info("job deferred: its VM is busy", "job", j.ID, "kind", j.Kind, "vm", j.VMName, "reason", why)
+	return true, nil
 }
 
 // agentJob loads a job the calling agent runs; on failure it answered.

@@ -71,6 +71,20 @@ func (e *env) agentIn(cluster, name string, dirs ...string) {
 	e.t.Cleanup(func() { cancel(); <-done })
 }
 
+// folderVM makes VM vm (one 1 MiB raw disk) in a new folder, runs a folder
+// agent named node over it, and waits until the server lists the VM.
+func (e *env) folderVM(node, vm string) {
+	e.t.Helper()
+	vms := e.t.TempDir()
+	randomFile(e.t, filepath.Join(vms, vm, "disk.raw"), 1<<20)
+	e.runAgent(node, vms)
+	waitFor(e.t, "inventory", func() bool {
+		var list []catalog.VMStatus
+		e.do("GET", api.Prefix+"/vms?name="+vm, nil, &list)
+		return len(list) == 1
+	})
+}
+
 func (e *env) jobs(q string) []catalog.Job {
 	var js []catalog.Job
 	if err := e.do("GET", api.Prefix+"/jobs?limit=1000&"+q, nil, &js); err != nil {

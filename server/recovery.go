@@ -10,6 +10,7 @@ import (
 
 	"lifeboat/api"
 	"lifeboat/catalog"
+	"lifeboat/recovery"
 	"lifeboat/repo"
 )
 
@@ -123,6 +124,19 @@ func (s *Server) checkRecovery(w http.ResponseWriter, r *http.Request, req *api.
 		}
 	}
 	plan.Node = n.Name
+	if req.Method == "original" {
+		busy, err := s.vmBusy(r.Context(), pt.Name, 0)
+		if err != nil {
+			s.catalogError(w, r, err)
+			return n, pt, nil, false
+		}
+		if busy != "" {
+			plan.Check("vm idle", false, busy)
+			plan.Refuse(recovery.CodeVMBusy, busy,
+				"wait for that job to end (Jobs page, or `lifeboat job list`), or cancel it, then recover in place")
+			return n, pt, plan, true
+		}
+	}
 	if bad := s.nodeUnready(n); bad != "" {
 		plan.Check("agent", false, bad)
 		plan.Refuse(codeHostUnreachable, bad, advice)
@@ -289,4 +303,89 @@ func (s *Server) waitJob(ctx context.Context, id int64) (catalog.Job, error) {
 		case <-t.C:
 		}
 	}
+}
+
+// vmBusy says which running job an in-place recovery of VM name would
+// collide with: a backup reading its disks, or another in-place recovery
+// (queued or running) writing them. except is a recovery job to leave out
+// (the one asking). "" when none.
+func (s *Server) vmBusy(ctx context.Context, name string, except int64) (string, error) {
+	backups, err := s.cat.ListJobs(ctx, catalog.JobFilter{Kinds: []string{catalog.KindBackup}, States: []string{catalog.JobRunning}, VMName: name})
+	if err != nil {
+		return "", err
+	}
+	if len(backups) > 0 {
+		return fmt.Sprintf("a backup of VM %s is running (job %d)", name, backups[0].ID), nil
+	}
+	j, err := s.inPlaceRecovery(ctx, name, []string{catalog.JobQueued, catalog.JobRunning}, except)
+	if err != nil || j.ID == 0 {
+		return "", err
+	}
+	return fmt.Sprintf("an in-place recovery of VM %s is %s (job %d)", name, j.State, j.ID), nil
+}
+
+// inPlaceRecovery finds a method-1 recovery job of VM name in one of the
+// states, other than job except; its ID is 0 when there is none.
+func (s *Server) inPlaceRecovery(ctx context.Context, name string, states []string, except int64) (catalog.Job, error) {
+	js, err := s.cat.ListJobs(ctx, catalog.JobFilter{Kinds: []string{catalog.KindRecovery}, States: states, VMName: name})
+	if err != nil {
+		return catalog.Job{}, err
+	}
+	for _, j := range js {
+		var p api.RecoveryParams
+		if j.ID == except || json.Unmarshal(j.Params, &p) != nil {
+			continue
+		}
+		if p.Recovery.Method == "original" && !p.PreflightOnly {
+			return j, nil
+		}
+	}
+	return catalog.Job{}, nil
+}
+
+// claimConflict says why a job just claimed must wait: a backup of a VM
+// that is being recovered in place, or an in-place recovery of a VM whose
+// backup (or another in-place recovery) runs. The preflight refuses such
+// a recovery, but a job queued before the other started is only caught
+// here. Of two such jobs claimed at once, the later-started one yields,
+// so exactly one runs. "" when j may run.
+func (s *Server) claimConflict(ctx context.Context, j catalog.Job) (string, error) {
+	var rivals []catalog.Job
+	switch {
+	case j.Kind == catalog.KindBackup && j.VMName != "":
+		rec, err := s.inPlaceRecovery(ctx, j.VMName, []string{catalog.JobRunning}, j.ID)
+		if err != nil {
+			return "", err
+		}
+		if rec.ID != 0 {
+			rivals = append(rivals, rec)
+		}
+	case j.Kind == catalog.KindRecovery:
+		var p api.RecoveryParams
+		if json.Unmarshal(j.Params, &p) != nil || p.Recovery.Method != "original" || p.PreflightOnly {
+			return "", nil
+		}
+		bs, err := s.cat.ListJobs(ctx, catalog.JobFilter{Kinds: []string{catalog.KindBackup}, States: []string{catalog.JobRunning}, VMName: j.VMName})
+		if err != nil {
+			return "", err
+		}
+		rivals = append(rivals, bs...)
+		rec, err := s.inPlaceRecovery(ctx, j.VMName, []string{catalog.JobRunning}, j.ID)
+		if err != nil {
+			return "", err
+		}
+		if rec.ID != 0 {
+			rivals = append(rivals, rec)
+		}
+	}
+	for _, k := range rivals {
+		if k.Started.Before(j.Started) || (k.Started.Equal(j.Started) && k.ID < j.ID) {
+			what := "an in-place recovery"
+			if k.Kind == catalog.KindBackup {
+				what = "a backup"
+			}
+			return fmt.Sprintf("%s of VM %s is running (job %d)", what, j.VMName, k.ID), nil
+		}
+	}
+	return "", nil
 }

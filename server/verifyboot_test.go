@@ -3,7 +3,6 @@ package server_test
 import (
 	"context"
 	"encoding/json"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -29,14 +28,7 @@ func TestVerifyBootJobs(t *testing.T) { eachCatalog(t, testVerifyBootJobs) }
 
 func testVerifyBootJobs(t *testing.T, cat catalogKind) {
 	e := start(t, server.Config{DB: cat.db(t), ManualSchedule: true})
-	vms := t.TempDir()
-	randomFile(t, filepath.Join(vms, "vmV", "disk.raw"), 1<<20)
-	e.runAgent("fold1", vms)
-	waitFor(t, "inventory", func() bool {
-		var list []catalog.VMStatus
-		e.do("GET", api.Prefix+"/vms?name=vmV", nil, &list)
-		return len(list) == 1
-	})
+	e.folderVM("fold1", "vmV")
 	var g api.Group
 	if err := e.do("POST", api.Prefix+"/groups", api.Group{Name: "gv", VerifyBoot: true, Members: []string{"vmV"}}, &g); err != nil {
 		t.Fatal(err)
