@@ -95,3 +95,10 @@ func openDSN(t *testing.T, dsn string) *catalog.Catalog {
 	t.Cleanup(func() { c.Close() })
 	return c
 }
+
+// eachDB runs test on a fresh catalog of each database: SQLite, then
+// PostgreSQL.
+func eachDB(t *testing.T, test func(t *testing.T, c *catalog.Catalog)) {
+	t.Run("SQLite", func(t *testing.T) { test(t, openDSN(t, filepath.Join(t.TempDir(), "c.db"))) })
+	t.Run("Postgres", func(t *testing.T) { test(t, openDSN(t, pg.FreshDSN(t))) })
+}

@@ -172,16 +172,12 @@ func (m *FileImage) readSlot(dst []byte, s, in int64) error {
 		return nil
 	}
 	k := int64(len(dst))
-	if a := m.ahead.Load(); in == 0 && k == m.x.ChunkSize && a != nil {
+	if in == 0 && k == m.x.ChunkSize && m.ahead.Load() != nil {
 		// A whole chunk read during a copy: decode straight into dst,
 		// bypassing the cache (a copy reads each chunk once).
-		obj, err := a.take(m.ctx, s, m.x.Slots[s].ID)
+		plain, err := m.load(s, dst[:0:k])
 		if err != nil {
-			return fmt.Errorf("offset %d: %w", s*m.x.ChunkSize, err)
-		}
-		plain, err := m.r.decodeChunk(m.x.Slots[s].ID, obj, dst[:0:k])
-		if err != nil {
-			return fmt.Errorf("offset %d: %w", s*m.x.ChunkSize, err)
+			return err
 		}
 		if int64(len(plain)) != k {
 			return fmt.Errorf("slot %d: chunk %s holds %d bytes, want %d: %w", s, m.x.Slots[s].ID, len(plain), k, ErrCorrupt)
@@ -209,18 +205,9 @@ func (m *FileImage) slot(s int64) ([]byte, error) {
 		return d, nil
 	}
 	m.mu.Unlock()
-	var d []byte
-	var err error
-	if a := m.ahead.Load(); a != nil {
-		var obj []byte
-		if obj, err = a.take(m.ctx, s, m.x.Slots[s].ID); err == nil {
-			d, err = m.r.decodeChunk(m.x.Slots[s].ID, obj, nil)
-		}
-	} else {
-		d, err = m.r.LoadChunk(m.ctx, m.x.Slots[s].ID)
-	}
+	d, err := m.load(s, nil)
 	if err != nil {
-		return nil, fmt.Errorf("offset %d: %w", s*m.x.ChunkSize, err)
+		return nil, err
 	}
 	m.mu.Lock()
 	if _, ok := m.cache[s]; !ok {
@@ -233,6 +220,26 @@ func (m *FileImage) slot(s int64) ([]byte, error) {
 	}
 	m.mu.Unlock()
 	return d, nil
+}
+
+// load fetches (from the readahead when a copy runs one) and decodes slot
+// s's chunk, into dst's storage when it has room.
+func (m *FileImage) load(s int64, dst []byte) ([]byte, error) {
+	id := m.x.Slots[s].ID
+	var obj []byte
+	var err error
+	if a := m.ahead.Load(); a != nil {
+		obj, err = a.take(m.ctx, s, id)
+	} else {
+		obj, err = m.r.fetchChunk(m.ctx, id)
+	}
+	if err == nil {
+		obj, err = m.r.decodeChunk(id, obj, dst)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("offset %d: %w", s*m.x.ChunkSize, err)
+	}
+	return obj, nil
 }
 
 // Readahead tuning: how many stored objects may wait fetched but not yet
@@ -272,7 +279,8 @@ type readahead struct {
 
 	mu      sync.Mutex
 	pending map[int64]*fetch // slot → its fetch, until taken
-	claimed map[int64]bool   // slots a reader got to first
+	claimed map[int64]bool   // slots not reached yet that a reader fetched itself
+	next    int64            // the fetcher has passed every slot before this
 }
 
 type fetch struct {
@@ -302,6 +310,7 @@ func (a *readahead) run(ctx context.Context, x *Index, ranges []disk.Extent) {
 				return
 			}
 			a.mu.Lock()
+			a.next = s + 1
 			if a.claimed[s] {
 				delete(a.claimed, s)
 				a.mu.Unlock()
@@ -336,7 +345,7 @@ func (a *readahead) take(ctx context.Context, s int64, id ID) ([]byte, error) {
 	f, ok := a.pending[s]
 	if ok {
 		delete(a.pending, s)
-	} else {
+	} else if s >= a.next {
 		if a.claimed == nil {
 			a.claimed = map[int64]bool{}
 		}

@@ -97,7 +97,7 @@ func (s *Server) checkRecovery(w http.ResponseWriter, r *http.Request, req *api.
 		s.catalogError(w, r, err)
 		return n, pt, nil, false
 	}
-	plan := &api.RecoveryPlan{Method: req.Method, Point: req.Point, VM: pt.Name, Dir: req.Dir, Checks: []api.RecoveryCheck{}}
+	plan := newPlan(*req, pt, "")
 	// advice for a node whose agent is not ready depends on who chose it.
 	advice := "recover to a host whose agent is enrolled and sends heartbeats (see the Overview page or `lifeboat cluster`)"
 	if req.Node == "" {
@@ -143,6 +143,12 @@ func (s *Server) checkRecovery(w http.ResponseWriter, r *http.Request, req *api.
 		return n, pt, plan, true
 	}
 	return n, pt, nil, true
+}
+
+// newPlan starts the plan the server answers with when it refuses by
+// itself (the agent's plans come whole from its job).
+func newPlan(req api.RecoveryRequest, pt catalog.Point, node string) *api.RecoveryPlan {
+	return &api.RecoveryPlan{Method: req.Method, Point: req.Point, VM: pt.Name, Node: node, Dir: req.Dir, Checks: []api.RecoveryCheck{}}
 }
 
 // nodeUnready says why a node cannot run a recovery now, or "".
@@ -232,7 +238,7 @@ func (s *Server) handlePreflight(w http.ResponseWriter, r *http.Request) {
 		if r.Context().Err() != nil {
 			return
 		}
-		plan := &api.RecoveryPlan{Method: req.Method, Point: req.Point, VM: pt.Name, Node: n.Name, Dir: req.Dir, Checks: []api.RecoveryCheck{}}
+		plan := newPlan(req, pt, n.Name)
 		plan.Refuse(codeHostUnreachable, fmt.Sprintf("the agent of node %s did not answer the preflight within %s (job %d)", n.Name, preflightTimeout, j.ID),
 			"check the node's agent (Overview page); a busy agent runs at most a few jobs at once")
 		writeJSON(w, http.StatusOK, plan)
@@ -240,7 +246,7 @@ func (s *Server) handlePreflight(w http.ResponseWriter, r *http.Request) {
 	}
 	var res api.RecoveryResult
 	if j.State != catalog.JobSucceeded || json.Unmarshal(j.Result, &res) != nil || res.Plan.Method == "" {
-		plan := &api.RecoveryPlan{Method: req.Method, Point: req.Point, VM: pt.Name, Node: n.Name, Dir: req.Dir, Checks: []api.RecoveryCheck{}}
+		plan := newPlan(req, pt, n.Name)
 		plan.Refuse(codePointUnusable, fmt.Sprintf("the preflight on node %s failed: %s", n.Name, j.Error), "see job "+fmt.Sprint(j.ID)+"'s log")
 		writeJSON(w, http.StatusOK, plan)
 		return

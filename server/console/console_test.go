@@ -230,6 +230,17 @@ func TestConsoleRefusesWithoutLogin(t *testing.T) {
 			t.Errorf("GET %s: CSP %q, X-Frame-Options %q", p, csp, a.header.Get("X-Frame-Options"))
 		}
 	}
+	// A page whose subject does not exist says so, with a way back.
+	for _, c := range []struct{ path, says, back string }{
+		{"/protection/no-such-group", "no-such-group", `<a class="button" href="/protection">Back to protection groups</a>`},
+		{"/jobs/abc", `&#34;abc&#34; is not a job number`, `<a class="button" href="/jobs">All jobs</a>`},
+		{"/recovery/items?point=0000000000000000-00000000", "0000000000000000-00000000", `<a class="button" href="/recovery">Back to Recovery</a>`},
+	} {
+		a := e.send(b, "GET", c.path, nil, nil)
+		if a.status != 404 || !strings.Contains(a.body, c.says) || !strings.Contains(a.body, c.back) {
+			t.Errorf("GET %s: %d, want 404 saying %q with %s: %s", c.path, a.status, c.says, c.back, a.body)
+		}
+	}
 
 	// Forged POSTs: each would create a group if accepted.
 	groupForm := func(name string) url.Values {

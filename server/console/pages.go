@@ -326,17 +326,23 @@ func (c *Console) createGroup(w http.ResponseWriter, r *http.Request, s *session
 	http.Redirect(w, r, "/protection/"+url.PathEscape(out.Name), http.StatusSeeOther)
 }
 
+// missing answers a page whose subject could not be fetched: the login
+// page when the session has expired, else a not-found page saying why,
+// with a way back.
+func (c *Console) missing(w http.ResponseWriter, r *http.Request, s *session, f *fetcher, title, msg, back, backText string) {
+	if unauthorized(f.err) {
+		c.expired(w, r)
+		return
+	}
+	c.render(w, r, http.StatusNotFound, "error", s, map[string]any{"Title": title, "Error": msg, "Back": back, "BackText": backText})
+}
+
 func (c *Console) groupPage(w http.ResponseWriter, r *http.Request, s *session) {
 	name := r.PathValue("group")
 	f := &fetcher{c: c, r: r, s: s}
 	var g api.Group
 	if !f.get(api.Prefix+"/groups/"+url.PathEscape(name), &g) {
-		if unauthorized(f.err) {
-			c.expired(w, r)
-			return
-		}
-		c.render(w, r, http.StatusNotFound, "error", s, map[string]any{"Title": "Protection group", "Error": f.errString(),
-			"Back": "/protection", "BackText": "Back to protection groups"})
+		c.missing(w, r, s, f, "Protection group", f.errString(), "/protection", "Back to protection groups")
 		return
 	}
 	var vms []catalog.VMStatus
@@ -651,12 +657,7 @@ func (c *Console) items(w http.ResponseWriter, r *http.Request, s *session) {
 	f := &fetcher{c: c, r: r, s: s}
 	var p catalog.Point
 	if !f.get(api.Prefix+"/points/"+url.PathEscape(point), &p) {
-		if unauthorized(f.err) {
-			c.expired(w, r)
-			return
-		}
-		c.render(w, r, http.StatusNotFound, "error", s, map[string]any{"Title": "Files of a point", "Error": f.errString(),
-			"Back": "/recovery", "BackText": "Back to Recovery"})
+		c.missing(w, r, s, f, "Files of a point", f.errString(), "/recovery", "Back to Recovery")
 		return
 	}
 	data := map[string]any{"Title": "Files of " + p.Name, "Point": p}
@@ -739,15 +740,11 @@ func (c *Console) job(w http.ResponseWriter, r *http.Request, s *session) {
 	f := &fetcher{c: c, r: r, s: s}
 	var d api.JobDetail
 	if err != nil || id <= 0 || !f.get(api.Prefix+"/jobs/"+strconv.FormatInt(id, 10), &d) {
-		if unauthorized(f.err) {
-			c.expired(w, r)
-			return
-		}
 		msg := f.errString()
 		if msg == "" {
 			msg = fmt.Sprintf("%q is not a job number", r.PathValue("id"))
 		}
-		c.render(w, r, http.StatusNotFound, "error", s, map[string]any{"Title": "Job", "Error": msg, "Back": "/jobs", "BackText": "All jobs"})
+		c.missing(w, r, s, f, "Job", msg, "/jobs", "All jobs")
 		return
 	}
 	next, link, linkText := nextStep(d.Job)
